@@ -1,0 +1,102 @@
+"""Load, override and validate configs against the schema Snakemake validates with."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from d2it.errors import D2itError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+def _with_defaults(cls):
+    """A validator that fills in each property's schema default before validating it."""
+    check_properties = cls.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": properties})
+
+
+def _inline_refs(node, defs):
+    """Replace local {"$ref": "#/$defs/x"} by the definition, so defaults inside it get filled."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_refs(copy.deepcopy(defs[node["$ref"].removeprefix("#/$defs/")]), defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items()}
+    return [_inline_refs(v, defs) for v in node] if isinstance(node, list) else node
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+_RAW_SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+_SCHEMA = _inline_refs({k: v for k, v in _RAW_SCHEMA.items() if k != "$defs"}, _RAW_SCHEMA.get("$defs", {}))
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Fill defaults in place and raise one D2itError naming the first bad key and value."""
+    errors = sorted(_Validator(_SCHEMA).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise D2itError(f"{source}: {where}: {e.message}")
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: dict, source: str) -> None:
+    from d2it.dvae import PRESETS  # the presets' fine factor ties the grain region to the DVAE
+
+    grain, preset = config["grain"], PRESETS[config["dvae"]["preset"]]
+    if grain["region"] != 2 * preset["fine_factor"]:
+        raise D2itError(f"{source}: grain.region = {grain['region']} must be one coarse latent cell, "
+                        f"2 x the fine factor {preset['fine_factor']} of dvae.preset {config['dvae']['preset']!r}")
+    if config["data"]["resolution"] % grain["region"]:
+        raise D2itError(f"{source}: data.resolution = {config['data']['resolution']} is not a multiple "
+                        f"of grain.region = {grain['region']}")
+
+
+def set_key(config: dict, dotted: str, value, source: str = "--set") -> None:
+    """Override one dotted key; the key must already exist after defaults are filled."""
+    node, parts = config, dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            raise D2itError(f"{source}: unknown config key {dotted!r}")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise D2itError(f"{source}: unknown config key {dotted!r}")
+    node[parts[-1]] = value
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read a YAML config, apply `key=value` overrides (values parsed as YAML), validate."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise D2itError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise D2itError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(config, dict):
+        raise D2itError(f"{path}: top level must be a mapping")
+    validate(config, str(path))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise D2itError(f"--set {item!r}: expected key=value")
+        set_key(config, key, yaml.safe_load(value))
+    return validate(config, f"{path} with --set {' '.join(overrides)}" if overrides else str(path))
+
+
+def digest(obj) -> str:
+    """sha256 of the canonical JSON form: identifies a run's configuration."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,0 +1,81 @@
+"""Dataset manifests: the file list of a dataset with label, split and sha256 of every file."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from d2it.errors import D2itError
+
+FORMAT = "d2it-manifest/1"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str  # relative to the manifest's root
+    label: int
+    split: str
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    root: str  # relative paths are relative to the manifest file's folder
+    classes: list[str]
+    files: list[ManifestEntry]
+    generator: dict | None = None  # parameters of the embedded generator, None for a user's folder
+    location: Path | None = field(default=None, compare=False)  # where it was loaded from
+
+    def save(self, path: Path) -> None:
+        obj = {"format": FORMAT, "root": self.root, "classes": self.classes,
+               "generator": self.generator, "files": [asdict(e) for e in self.files]}
+        write_json_atomic(path, obj)
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        path = Path(path)
+        try:
+            obj = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise D2itError(f"{path}: manifest not found (make it with `d2it data synth` or `d2it data prepare`)")
+        except json.JSONDecodeError as e:
+            raise D2itError(f"{path}: not a valid manifest ({e})")
+        if obj.get("format") != FORMAT:
+            raise D2itError(f"{path}: format {obj.get('format')!r}, expected {FORMAT!r}")
+        files = [ManifestEntry(**e) for e in obj["files"]]
+        return cls(obj["root"], obj["classes"], files, obj.get("generator"), location=path)
+
+    @property
+    def root_dir(self) -> Path:
+        base = self.location.parent if self.location else Path(".")
+        return (base / self.root).resolve() if not Path(self.root).is_absolute() else Path(self.root)
+
+    def split(self, name: str) -> list[ManifestEntry]:
+        entries = [e for e in self.files if e.split == name]
+        if not entries:
+            raise D2itError(f"{self.location}: no files in split {name!r}")
+        return entries
+
+    def digest(self) -> str:
+        """Identifies the dataset's content (for caches keyed by dataset)."""
+        return hashlib.sha256("".join(f"{e.path}:{e.label}:{e.split}:{e.sha256}\n"
+                                      for e in self.files).encode()).hexdigest()

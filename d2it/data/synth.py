@@ -1,0 +1,119 @@
+"""The embedded dataset: class-conditional images whose information density varies across regions.
+
+Each image is a smooth two-colour gradient (low entropy) with one textured object on it (high
+entropy); class = shape x texture. Every image is drawn from its own seed (seed, split, index), so
+a larger dataset starts with the same images and the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from d2it.data.manifest import Manifest, ManifestEntry, sha256_file
+from d2it.errors import D2itError
+
+GENERATOR_VERSION = "synth-1"
+SHAPES = ("disc", "square", "triangle", "ring", "cross")
+TEXTURES = ("stripes", "noise")
+CLASSES = tuple(f"{shape}-{texture}" for shape in SHAPES for texture in TEXTURES)
+SPLITS = ("train", "heldout")
+
+
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-test on coordinates (u, v) already centred, rotated and scaled to the object's radius."""
+    if shape == "disc":
+        return u**2 + v**2 <= 1
+    if shape == "square":
+        return np.maximum(abs(u), abs(v)) <= 0.8
+    if shape == "triangle":
+        return (v <= 0.6) & (v >= -1 + 2.2 * abs(u))
+    if shape == "ring":
+        r2 = u**2 + v**2
+        return (r2 <= 1) & (r2 >= 0.3)
+    if shape == "cross":
+        return (np.maximum(abs(u), abs(v)) <= 0.95) & (np.minimum(abs(u), abs(v)) <= 0.32)
+    raise ValueError(shape)
+
+
+def _texture(texture: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray, res: int) -> np.ndarray:
+    """Mixing weight in [0, 1] per pixel: full-contrast patterns spread the grey values of a region."""
+    if texture == "stripes":
+        theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        period = rng.uniform(3.0, 6.0) * res / 64
+        return 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(theta) + y * np.sin(theta)) / period + phase)
+    if texture == "noise":
+        return rng.uniform(0, 1, size=x.shape)
+    raise ValueError(texture)
+
+
+def render(seed: int, split: str, index: int, resolution: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """One image (uint8 H x W x 3), its label and its object mask (bool H x W)."""
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    label = index % len(CLASSES)
+    shape, texture = CLASSES[label].split("-")
+    y, x = np.mgrid[0:resolution, 0:resolution].astype(np.float64)
+
+    # Background: a shallow gradient between two colours, so its regions keep a narrow grey range.
+    c0 = rng.uniform(0.1, 0.9, 3)
+    c1 = np.clip(c0 + rng.uniform(-0.35, 0.35, 3), 0, 1)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (x * np.cos(angle) + y * np.sin(angle)) / resolution
+    ramp = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-12)
+    img = c0 + ramp[..., None] * (c1 - c0)
+
+    # Object: random centre, radius and rotation; two contrasting colours mixed by the texture.
+    radius = rng.uniform(0.22, 0.38) * resolution
+    cx, cy = rng.uniform(radius, resolution - radius, 2)
+    rot = rng.uniform(0, 2 * np.pi)
+    u = ((x - cx) * np.cos(rot) + (y - cy) * np.sin(rot)) / radius
+    v = (-(x - cx) * np.sin(rot) + (y - cy) * np.cos(rot)) / radius
+    mask = _shape_mask(shape, u, v)
+    a, b = rng.uniform(0, 0.35, 3), rng.uniform(0.65, 1, 3)
+    if rng.random() < 0.5:
+        a, b = b, a
+    w = _texture(texture, rng, x, y, resolution)[..., None]
+    img = np.where(mask[..., None], a + w * (b - a), img)
+    return np.round(img * 255).astype(np.uint8), label, mask
+
+
+def _write_png(array: np.ndarray, path: Path) -> None:
+    # Fixed encoder settings: same pixels -> same bytes.
+    Image.fromarray(array).save(path, format="PNG", compress_level=6, optimize=False)
+
+
+def synthesize(out: Path, *, seed: int, resolution: int, n_train: int, n_heldout: int) -> Manifest:
+    """Write the dataset under `out` (split/class/index.png + manifest.json); atomic: all or nothing."""
+    out = Path(out)
+    params = {"version": GENERATOR_VERSION, "seed": seed, "resolution": resolution,
+              "n_train": n_train, "n_heldout": n_heldout}
+    if (out / "manifest.json").exists():
+        existing = Manifest.load(out / "manifest.json")
+        if existing.generator == params:
+            return existing
+        raise D2itError(f"{out} holds a dataset made with {existing.generator}, not {params}; "
+                        "choose another folder or delete it")
+    if out.exists() and any(out.iterdir()):
+        raise D2itError(f"{out} exists, is not empty and has no manifest.json: refusing to write into it")
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    entries = []
+    jobs = [(split, i) for split, n in zip(SPLITS, (n_train, n_heldout)) for i in range(n)]
+    for split, i in tqdm(jobs, desc=f"synth {out.name}", unit="img"):
+        array, label, _ = render(seed, split, i, resolution)
+        rel = Path(split) / CLASSES[label] / f"{i:06d}.png"
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        _write_png(array, tmp / rel)
+        entries.append(ManifestEntry(rel.as_posix(), label, split, sha256_file(tmp / rel)))
+    manifest = Manifest(root=".", classes=list(CLASSES), files=entries, generator=params)
+    manifest.save(tmp / "manifest.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.replace(tmp, out)
+    return manifest

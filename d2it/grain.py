@@ -1,0 +1,102 @@
+"""Entropy grain maps (the DGC module) and the grain-grid operations shared by every stage.
+
+A grain map is a bool tensor B x h x w over grain regions (one coarse latent cell each): True =
+fine, False = coarse. A region's entropy is the Shannon entropy (natural log) of a Gaussian-KDE
+density of its grey values in [-1, 1], evaluated at uniform bins and normalised over the bins.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from d2it.errors import D2itError
+
+GREY = (0.2989, 0.5870, 0.1140)  # ITU-R 601 luma, as DQ-VAE
+PERCENTILES = np.linspace(0, 100, 1001)  # the stored table; other ratios interpolate
+
+
+def to_signed(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1]."""
+    return images.float() / 127.5 - 1
+
+
+def region_entropy(images: torch.Tensor, region: int, bins: int, sigma: float) -> torch.Tensor:
+    """Entropy of every region x region block of images (B x 3 x H x W in [-1, 1]) -> B x H/r x W/r.
+
+    Each pixel's kernel is evaluated only at the bins within 8 sigma of it (the rest is below
+    1e-13 of its peak), which makes this ~20x faster than the dense pixels x bins evaluation.
+    """
+    b, _, h, w = images.shape
+    if h % region or w % region:
+        raise D2itError(f"image size {h}x{w} is not a multiple of the grain region {region}")
+    grey = torch.einsum("bchw,c->bhw", images.float(), images.new_tensor(GREY, dtype=torch.float32))
+    x = grey.reshape(b, h // region, region, w // region, region).permute(0, 1, 3, 2, 4)
+    x = x.reshape(-1, region * region, 1) + 1  # bin j sits at j * step on this shifted axis
+    step = 2 / (bins - 1)
+    reach = math.ceil(8 * sigma / step)
+    idx = torch.round(x / step).long() + torch.arange(-reach, reach + 1, device=x.device)
+    kernel = torch.exp(-(x - idx * step) ** 2 / (2 * sigma**2))
+    kernel = kernel.masked_fill((idx < 0) | (idx >= bins), 0)
+    pdf = x.new_zeros(x.shape[0], bins + 2 * reach)
+    pdf = pdf.scatter_add_(1, (idx + reach).flatten(1), kernel.flatten(1))[:, reach:bins + reach]
+    p = pdf / pdf.sum(1, keepdim=True)  # the 1/S^2 of the KDE cancels here
+    return torch.special.entr(p).sum(1).reshape(b, h // region, w // region)
+
+
+def compute_thresholds(loader, region: int, bins: int, sigma: float, dataset_digest: str) -> dict:
+    """Percentile table of region entropies over a split (`loader` yields (uint8 images, labels))."""
+    values = torch.cat([region_entropy(to_signed(x), region, bins, sigma).flatten()
+                        for x, _ in tqdm(loader, desc="entropy", unit="batch")]).double().numpy()
+    return {"percentiles": PERCENTILES.tolist(),
+            "values": np.percentile(values, PERCENTILES).tolist(),
+            "region": region, "bins": bins, "sigma": sigma,
+            "n_regions": int(values.size), "dataset": dataset_digest}
+
+
+def threshold_for(thresholds: dict, fine_ratio: float) -> float:
+    """Entropy above which a region is fine: the dataset's (1 - fine_ratio) percentile."""
+    if not 0 <= fine_ratio <= 1:
+        raise D2itError(f"fine_ratio {fine_ratio} outside [0, 1]")
+    return float(np.interp(100 * (1 - fine_ratio), thresholds["percentiles"], thresholds["values"]))
+
+
+def grain_map(images: torch.Tensor, thresholds: dict, fine_ratio: float) -> torch.Tensor:
+    """Bool B x h x w (True = fine) for images in [-1, 1], with the table's region, bins and sigma."""
+    b, _, h, w = images.shape
+    region = thresholds["region"]
+    if fine_ratio in (0, 1):  # all coarse / all fine by definition, whatever the ties at the ends
+        threshold_for(thresholds, fine_ratio)
+        return torch.full((b, h // region, w // region), bool(fine_ratio), device=images.device)
+    entropy = region_entropy(images, region, thresholds["bins"], thresholds["sigma"])
+    return entropy > threshold_for(thresholds, fine_ratio)
+
+
+def expand(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Copy every cell of the last two dims into a factor x factor block (neighbour copying)."""
+    return x.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+def block_mean(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Mean over each factor x factor block of a ... x C x H x W tensor, at the coarse resolution."""
+    return F.avg_pool2d(x, factor)
+
+
+def merge(fine: torch.Tensor, coarse: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+    """Fine-grid tensor: fine values where the grain is fine, coarse values copied 2x2 elsewhere."""
+    return torch.where(expand(grain)[:, None], fine, expand(coarse))
+
+
+def load_thresholds(path, dataset_digest: str) -> dict:
+    """A percentile table from `d2it grain thresholds`, checked to belong to this dataset."""
+    path = Path(path)
+    if not path.exists():
+        raise D2itError(f"{path}: grain thresholds not found (make them with `d2it grain thresholds`)")
+    table = json.loads(path.read_text())
+    if table.get("dataset") != dataset_digest:
+        raise D2itError(f"{path}: thresholds were computed on another dataset than the configured manifest")
+    return table
