@@ -71,6 +71,15 @@ def cmd_encode(args) -> dict:
     return encode_latents(_config(args), Path(args.run), Path(args.out))
 
 
+def cmd_report_recon(args) -> dict:
+    from d2it.report.recon import recon_table
+
+    table = recon_table([Path(p) for p in args.metrics], Path(args.runs_root))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False, float_format="%.6g")
+    return {"table": args.out, "rows": table.to_dict(orient="records")}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2it", description="D²iT / DiT reproduction harness")
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--run", required=True, help="DVAE run folder")
     sp.add_argument("--out", required=True, help="cache file (.pt)")
     sp.set_defaults(fn=cmd_encode)
+    rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what", required=True)
+    sp = rep.add_parser("recon", help="stage-1 table: PSNR, rFD and training minutes per fine ratio")
+    sp.add_argument("metrics", nargs="+", help="metrics JSON files of `d2it eval recon`")
+    sp.add_argument("--runs-root", default="runs/dvae", help="where the DVAE run folders are")
+    sp.add_argument("--out", required=True, help="CSV to write")
+    sp.set_defaults(fn=cmd_report_recon)
     return p
 
 

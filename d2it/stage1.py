@@ -19,7 +19,7 @@ from d2it.grain import grain_map, load_thresholds, to_signed
 from d2it.metrics import effnet
 from d2it.metrics.fidelity import frechet_distance_effnet, protocol_key
 from d2it.nn.patchgan import PatchDiscriminator, adaptive_weight, hinge_d_loss
-from d2it.train import load_final, train
+from d2it.train import load_final, seed_all, train
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class DVAETask:
 
 
 def train_dvae(config: dict, out: Path) -> dict:
+    seed_all(config["seed"])  # the model's initial weights
     task = DVAETask(config)
     return train(task, config["dvae"]["train"], out, run_config(config), config["tracking"], config["seed"],
                  config["data"]["num_workers"])

@@ -65,6 +65,13 @@ class EpochBatches(torch.utils.data.Sampler):
             yield perm[k * self.batch_size:(k + 1) * self.batch_size].tolist()
 
 
+def seed_all(seed: int) -> None:
+    """Seed every generator a job draws from (torch seeds itself randomly per process otherwise)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -159,9 +166,7 @@ def train(task: Task, cfg: dict, out: Path, run_config: dict, tracking: dict, se
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
            if cfg["ema"] is not None else None)
 
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    seed_all(seed + 1)  # distinct from the model-init seed; restored from the checkpoint on resume
     step, elapsed = 0, 0.0
     state = ckpts.newest()
     if state is not None:

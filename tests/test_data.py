@@ -1,0 +1,96 @@
+"""Embedded dataset determinism, manifests, image folders and their errors."""
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from d2it.data.folder import ImageFolderDataset, center_crop, prepare
+from d2it.data.manifest import Manifest
+from d2it.data.synth import CLASSES, synthesize
+from d2it.errors import D2itError
+
+
+def tree_bytes(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    a = synthesize(tmp_path / "a", seed=3, resolution=32, n_train=20, n_heldout=10)
+    synthesize(tmp_path / "b", seed=3, resolution=32, n_train=20, n_heldout=10)
+    assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
+    synthesize(tmp_path / "c", seed=4, resolution=32, n_train=20, n_heldout=10)
+    assert tree_bytes(tmp_path / "a") != tree_bytes(tmp_path / "c")
+    # a larger dataset starts with the same images
+    synthesize(tmp_path / "d", seed=3, resolution=32, n_train=40, n_heldout=10)
+    assert all((tmp_path / "d" / e.path).read_bytes() == (tmp_path / "a" / e.path).read_bytes() for e in a.files)
+
+
+def test_manifest_lists_every_file_with_its_hash_and_class(tmp_path):
+    manifest = synthesize(tmp_path / "s", seed=0, resolution=32, n_train=30, n_heldout=10)
+    assert manifest.generator["seed"] == 0 and manifest.generator["version"]
+    assert len(manifest.split("train")) == 30 and len(manifest.split("heldout")) == 10
+    assert len(CLASSES) == 10 and manifest.classes == list(CLASSES)
+    for entry in manifest.files:
+        path = tmp_path / "s" / entry.path
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
+        assert path.parent.name == CLASSES[entry.label]
+    loaded = Manifest.load(tmp_path / "s" / "manifest.json")
+    assert loaded.files == manifest.files and loaded.digest() == manifest.digest()
+
+
+def test_existing_dataset_of_other_parameters_is_not_overwritten(tmp_path):
+    synthesize(tmp_path / "s", seed=0, resolution=32, n_train=10, n_heldout=10)
+    before = tree_bytes(tmp_path / "s")
+    with pytest.raises(D2itError, match="holds a dataset made with"):
+        synthesize(tmp_path / "s", seed=1, resolution=32, n_train=10, n_heldout=10)
+    assert tree_bytes(tmp_path / "s") == before
+
+
+def test_center_crop_is_adm_box_halving_then_centre(tmp_path):
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    out = center_crop(Image.fromarray(array), 32)
+    # one box halving (2x2 mean) gives 32 x 48 at scale 1; the centre crop keeps columns 8..39
+    halved = array.reshape(32, 2, 48, 2, 3).astype(float).mean((1, 3))
+    assert out.shape == (32, 32, 3)
+    assert np.abs(out.astype(float) - halved[:, 8:40]).max() <= 1
+
+
+def write_png(path, value=128, size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (value, value, value)).save(path)
+
+
+def test_prepare_flat_and_class_folders(tmp_path):
+    for i in range(6):
+        write_png(tmp_path / "ffhq" / f"{i:05d}.png", value=i * 10)
+        write_png(tmp_path / "imnet" / ("n01" if i % 2 else "n02") / f"{i}.png")
+    flat = prepare(tmp_path / "ffhq", tmp_path / "ffhq.json", heldout_fraction=0.3)
+    assert flat.classes == ["ffhq"] and {e.label for e in flat.files} == {0}
+    nested = prepare(tmp_path / "imnet", tmp_path / "imnet.json", heldout_fraction=0.0)
+    assert nested.classes == ["n01", "n02"]
+    assert all(nested.classes[e.label] == e.path.split("/")[0] for e in nested.files)
+    ds = ImageFolderDataset(Manifest.load(tmp_path / "imnet.json"), "train", 16)
+    image, label = ds[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 16, 16) and label in (0, 1)
+
+
+def test_truncated_png_is_named(tmp_path):
+    for i in range(3):
+        write_png(tmp_path / "src" / f"{i}.png")
+    bad = tmp_path / "src" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    with pytest.raises(D2itError, match=r"1\.png: cannot read image"):
+        prepare(tmp_path / "src", tmp_path / "m.json", heldout_fraction=0.0)
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_truncated_png_in_a_dataset_is_named_when_loaded(tmp_path):
+    manifest = synthesize(tmp_path / "s", seed=0, resolution=32, n_train=10, n_heldout=10)
+    victim = tmp_path / "s" / manifest.split("train")[3].path
+    victim.write_bytes(victim.read_bytes()[:100])
+    ds = ImageFolderDataset(Manifest.load(tmp_path / "s" / "manifest.json"), "train", 32)
+    with pytest.raises(D2itError, match=f"{victim.name}: cannot read image"):
+        ds[3]

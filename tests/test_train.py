@@ -1,0 +1,168 @@
+"""The shared training loop: exact resume after SIGKILL, SIGTERM checkpoints, refusals, NaN, tracking."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from d2it import config
+from d2it.errors import D2itError
+from d2it.train import EpochBatches, train
+
+D2IT = [sys.executable, "-m", "d2it.cli"]
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([*D2IT, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def train_cmd(cfg, out):
+    return [*D2IT, "train", "dvae", "--config", str(cfg), "--out", str(out)]
+
+
+def start_and_stop_at_first_checkpoint(cfg, out, sig):
+    proc = subprocess.Popen(train_cmd(cfg, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not list((out / "checkpoints").glob("ckpt-*.pt")) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert not (out / "final.pt").exists(), "the run ended before it could be interrupted"
+    return proc
+
+
+def final_weights(out):
+    return torch.load(out / "final.pt", weights_only=False)["model"]
+
+
+@pytest.fixture(scope="module")
+def long_config(tmp_path_factory, dataset):
+    """40 steps with a checkpoint every 10; a GAN phase from step 5 so both optimisers are resumed."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    cfg["data"]["manifest"] = str(dataset)
+    cfg["grain"]["thresholds"] = str(dataset.parent / "thresholds.json")
+    cfg["dvae"].update(perceptual="none", gan_weight=0.1, gan_start=5)
+    cfg["dvae"]["train"].update(steps=40, batch_size=8, ckpt_every=10, log_every=5, ema=0.9)
+    cfg["tracking"] = {"uri": None}
+    path = tmp_path_factory.mktemp("cfg") / "long.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_run(long_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "reference"
+    proc = subprocess.run(train_cmd(long_config, out), capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_then_rerun_gives_bit_identical_weights(long_config, reference_run, tmp_path):
+    out = tmp_path / "killed"
+    start_and_stop_at_first_checkpoint(long_config, out, signal.SIGKILL)
+    proc = subprocess.run(train_cmd(long_config, out), capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from step" in proc.stderr
+    assert_same_weights(final_weights(out), final_weights(reference_run))
+    ema = torch.load(out / "final.pt", weights_only=False)["ema"]
+    assert_same_weights(ema, torch.load(reference_run / "final.pt", weights_only=False)["ema"])
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(5, 41, 5))  # re-logged steps replaced, none doubled
+
+
+def test_sigterm_checkpoints_and_exits(long_config, reference_run, tmp_path):
+    out = tmp_path / "preempted"
+    proc = start_and_stop_at_first_checkpoint(long_config, out, signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "checkpoint at step" in proc.stderr.read().decode()
+    proc = subprocess.run(train_cmd(long_config, out), capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0
+    assert_same_weights(final_weights(out), final_weights(reference_run))
+
+
+def test_folder_of_another_config_is_refused_untouched(long_config, reference_run, tmp_path):
+    before = {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()}
+    proc = run_cli("train", "dvae", "--config", long_config, "--out", reference_run, "--set", "dvae.train.lr=0.5")
+    assert proc.returncode == 2
+    assert "holds a run of a different config (dvae.train.lr: 0.001 -> 0.5)" in proc.stderr
+    assert {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()} == before
+
+
+class ToyTask:
+    name = "toy"
+
+    def __init__(self, nan_at=None):
+        torch.manual_seed(0)
+        self.model = nn.Linear(3, 1)
+        self.modules, self.phases = {"model": self.model}, {"main": self.model}
+        self.dataset = torch.utils.data.TensorDataset(torch.randn(64, 3), torch.randn(64, 1))
+        self.nan_at = nan_at
+
+    def losses(self, batch, step):
+        x, y = batch
+        loss = (self.model(x) - y).square().mean()
+        if step == self.nan_at:
+            loss = loss * float("nan")
+        yield "main", loss, {"loss": loss.item()}
+
+
+def toy_cfg(**kw):
+    return {**config.validate({})["dvae"]["train"], "steps": 12, "batch_size": 8, "ckpt_every": 2, "log_every": 1,
+            "ema": None, **kw}
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(D2itError, match="non-finite main loss .* at step 5"):
+        train(ToyTask(nan_at=5), toy_cfg(), tmp_path, {"toy": 1}, {"uri": None, "experiment": "t"}, seed=0)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-000000002.pt", "ckpt-000000004.pt"]
+    assert not (tmp_path / "final.pt").exists()
+
+
+def test_mlflow_mirrors_the_json_metrics(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train(ToyTask(), toy_cfg(), tmp_path / "run", {"toy": 1}, {"uri": uri, "experiment": "t"}, seed=0)
+    client = MlflowClient(uri)
+    run = client.get_run((tmp_path / "run" / "mlflow_run_id").read_text())
+    assert run.info.status == "FINISHED" and run.data.params["toy"] == "1"
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    logged = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert history == pytest.approx(logged) and len(logged) == 12
+
+
+def test_broken_tracking_warns_and_training_goes_on(tmp_path, caplog):
+    (tmp_path / "a-file").write_text("")
+    uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a database that cannot be created
+    summary = train(ToyTask(), toy_cfg(), tmp_path / "run", {"toy": 1}, {"uri": uri, "experiment": "t"}, seed=0)
+    assert summary["steps"] == 12
+    assert "MLflow tracking off for this run" in caplog.text
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
+
+
+def test_epoch_batches_resume_mid_epoch():
+    full = list(EpochBatches(10, 3, seed=1, start=0, total=9))
+    assert list(EpochBatches(10, 3, seed=1, start=4, total=9)) == full[4:]
+    epoch = [i for b in full[:3] for i in b]
+    assert len(set(epoch)) == 9  # one epoch = 3 batches of distinct items
+    with pytest.raises(D2itError, match="fewer than the batch size"):
+        EpochBatches(2, 3, seed=0, start=0, total=1)

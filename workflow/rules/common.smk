@@ -1,0 +1,24 @@
+import hashlib
+from pathlib import Path
+
+import yaml
+
+from d2it.config import digest, validate
+
+# Validate with the harness's own schema (fills defaults), then hand every job the resolved config
+# through a content-addressed file: a changed key reaches the CLI and, via params, re-runs the job.
+validate(config, "snakemake config")
+CONFIG_DIGEST = digest(config)
+CFG = f".snakemake/d2it-config/{CONFIG_DIGEST[:16]}.yaml"
+if not Path(CFG).exists():
+    Path(CFG).parent.mkdir(parents=True, exist_ok=True)
+    Path(CFG).write_text(yaml.safe_dump(config, sort_keys=True))
+
+
+def section_digest(*keys):
+    """Digest of the config sections a rule depends on (a rule param, so edits re-run it)."""
+    return digest({k: config[k] for k in keys})[:16]
+
+
+def ratio_tag(ratio):
+    return f"r{float(ratio):g}"

@@ -1,0 +1,54 @@
+# Stage 1: one DVAE per fine ratio r (r = 1 is the fixed-rate VAE of the DiT baseline).
+
+
+rule train_dvae:
+    input:
+        config["data"]["manifest"],
+        config["grain"]["thresholds"],
+    output:
+        "runs/dvae/r{ratio}/final.pt",
+    params:
+        cfg=section_digest("seed", "data", "grain", "dvae"),
+    threads: 2
+    resources:
+        runtime=120,
+    log:
+        "logs/train_dvae/r{ratio}.log",
+    shell:
+        "OMP_NUM_THREADS={threads} d2it train dvae --config {CFG} --set grain.fine_ratio={wildcards.ratio} "
+        "--out runs/dvae/r{wildcards.ratio} > {log} 2>&1"
+
+
+rule eval_recon:
+    input:
+        "runs/dvae/r{ratio}/final.pt",
+    output:
+        "results/metrics/dvae/r{ratio}.json",
+    params:
+        cfg=section_digest("metrics"),
+    log:
+        "logs/eval_recon/r{ratio}.log",
+    shell:
+        "d2it eval recon --config {CFG} --run runs/dvae/r{wildcards.ratio} --out {output} > {log} 2>&1"
+
+
+rule encode_latents:
+    input:
+        "runs/dvae/r{ratio}/final.pt",
+    output:
+        "runs/latents/r{ratio}.pt",
+    log:
+        "logs/encode/r{ratio}.log",
+    shell:
+        "d2it encode --config {CFG} --run runs/dvae/r{wildcards.ratio} --out {output} > {log} 2>&1"
+
+
+rule dvae_table:
+    input:
+        recon=expand("results/metrics/dvae/r{ratio}.json", ratio=config["study"]["fine_ratios"]),
+    output:
+        "results/dvae_recon.csv",
+    log:
+        "logs/dvae_table.log",
+    shell:
+        "d2it report recon --runs-root runs/dvae --out {output} {input.recon} > {log} 2>&1"
