@@ -74,7 +74,7 @@ def cmd_encode(args) -> dict:
 def cmd_report_recon(args) -> dict:
     from d2it.report.recon import recon_table
 
-    table = recon_table([Path(p) for p in args.metrics], Path(args.runs_root))
+    table = recon_table([Path(p) for p in args.metrics])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False, float_format="%.6g")
     return {"table": args.out, "rows": table.to_dict(orient="records")}
@@ -123,7 +123,6 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what", required=True)
     sp = rep.add_parser("recon", help="stage-1 table: PSNR, rFD and training minutes per fine ratio")
     sp.add_argument("metrics", nargs="+", help="metrics JSON files of `d2it eval recon`")
-    sp.add_argument("--runs-root", default="runs/dvae", help="where the DVAE run folders are")
     sp.add_argument("--out", required=True, help="CSV to write")
     sp.set_defaults(fn=cmd_report_recon)
     return p

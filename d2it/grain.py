@@ -68,12 +68,10 @@ def threshold_for(thresholds: dict, fine_ratio: float) -> float:
 def grain_map(images: torch.Tensor, thresholds: dict, fine_ratio: float) -> torch.Tensor:
     """Bool B x h x w (True = fine) for images in [-1, 1], with the table's region, bins and sigma."""
     b, _, h, w = images.shape
-    region = thresholds["region"]
+    region, threshold = thresholds["region"], threshold_for(thresholds, fine_ratio)
     if fine_ratio in (0, 1):  # all coarse / all fine by definition, whatever the ties at the ends
-        threshold_for(thresholds, fine_ratio)
         return torch.full((b, h // region, w // region), bool(fine_ratio), device=images.device)
-    entropy = region_entropy(images, region, thresholds["bins"], thresholds["sigma"])
-    return entropy > threshold_for(thresholds, fine_ratio)
+    return region_entropy(images, region, thresholds["bins"], thresholds["sigma"]) > threshold
 
 
 def expand(x: torch.Tensor, factor: int = 2) -> torch.Tensor:

@@ -53,3 +53,9 @@ def test_workflow_dag_resolves():
     snakemake = Path(sys.executable).parent / "snakemake"
     proc = subprocess.run([snakemake, "-n", "results/dvae_recon.csv"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["ffhq256.yaml", "imagenet256.yaml"])
+def test_paper_configs_validate(name):
+    cfg = config.load(REPO / "config" / name)
+    assert cfg["data"]["resolution"] == 256 and cfg["grain"]["region"] == 16 and cfg["grain"]["bins"] == 256

@@ -66,8 +66,8 @@ class Manifest:
 
     @property
     def root_dir(self) -> Path:
-        base = self.location.parent if self.location else Path(".")
-        return (base / self.root).resolve() if not Path(self.root).is_absolute() else Path(self.root)
+        root, base = Path(self.root), self.location.parent if self.location else Path(".")
+        return root if root.is_absolute() else (base / root).resolve()
 
     def split(self, name: str) -> list[ManifestEntry]:
         entries = [e for e in self.files if e.split == name]

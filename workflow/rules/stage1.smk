@@ -51,4 +51,4 @@ rule dvae_table:
     log:
         "logs/dvae_table.log",
     shell:
-        "d2it report recon --runs-root runs/dvae --out {output} {input.recon} > {log} 2>&1"
+        "d2it report recon --out {output} {input.recon} > {log} 2>&1"
