@@ -1,6 +1,8 @@
 """The DiT baseline: the official sizes as a table of constructors, and official checkpoints."""
 from __future__ import annotations
 
+import torch
+
 from d2it.nn.dit import DiT
 
 SIZES = {  # depth, hidden, heads
@@ -17,3 +19,11 @@ def dit(name: str, **kwargs) -> DiT:
 
 
 MODELS = {f"DiT-{size}/{p}": (lambda s=size, p=p, **kw: dit(f"{s}/{p}", **kw)) for size in SIZES for p in (2, 4, 8)}
+
+
+def load_official(path, model: DiT) -> DiT:
+    """Load a checkpoint of the official DiT code into `model`, unconverted: a released state dict
+    (e.g. DiT-XL-2-256x256.pt) or a training checkpoint {"model", "ema", "opt", "args"} (EMA taken)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["ema"] if "ema" in state else state, strict=True)
+    return model

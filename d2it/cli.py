@@ -59,6 +59,19 @@ def cmd_train_dvae(args) -> dict:
     return train_dvae(_config(args), Path(args.out))
 
 
+def cmd_train_latent(args) -> dict:
+    from d2it.stage2 import train_latent_model
+
+    return train_latent_model(args.model, _config(args), Path(args.latents), Path(args.out))
+
+
+def cmd_sample(args) -> dict:
+    from d2it.sample import sample
+
+    return sample(_config(args), Path(args.run), Path(args.latents), Path(args.out),
+                  Path(args.grain_run) if args.grain_run else None)
+
+
 def cmd_eval_recon(args) -> dict:
     from d2it.stage1 import evaluate_recon
 
@@ -109,6 +122,20 @@ def parser() -> argparse.ArgumentParser:
     sp = with_config(tr.add_parser("dvae", help="stage 1: the dynamic VAE"))
     sp.add_argument("--out", required=True, help="run folder (resumes if it holds this run)")
     sp.set_defaults(fn=cmd_train_dvae)
+
+    for kind, text in (("dit", "the DiT baseline"), ("d2it", "D²iT's Dynamic Content Transformer"),
+                       ("grain", "the Dynamic Grain Transformer")):
+        sp = with_config(tr.add_parser(kind, help=f"stage 2: {text}, on a latent cache"))
+        sp.add_argument("--latents", required=True, help="cache of `d2it encode`")
+        sp.add_argument("--out", required=True, help="run folder (resumes if it holds this run)")
+        sp.set_defaults(fn=cmd_train_latent)
+
+    sp = with_config(sub.add_parser("sample", help="sample a stage-2 run to .npz (ADM format) + PNG grid"))
+    sp.add_argument("--run", required=True, help="dit or d2it run folder")
+    sp.add_argument("--latents", required=True, help="the latent cache it was trained on")
+    sp.add_argument("--grain-run", help="grain model run (sample.grain_source = predicted)")
+    sp.add_argument("--out", required=True, help=".npz to write (the grid goes beside it as .png)")
+    sp.set_defaults(fn=cmd_sample)
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)
     sp = with_config(ev.add_parser("recon", help="PSNR and rFD of a DVAE on the held-out split"))

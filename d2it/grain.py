@@ -98,3 +98,25 @@ def load_thresholds(path, dataset_digest: str) -> dict:
     if table.get("dataset") != dataset_digest:
         raise D2itError(f"{path}: thresholds were computed on another dataset than the configured manifest")
     return table
+
+
+def project_coarse(x: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+    """Put x (B x C x H x W, fine grid) back on the grain map's subspace: every coarse 2x2 block
+    becomes its mean, so copies that drifted apart in floating point agree again."""
+    return merge(x, block_mean(x), grain)
+
+
+def multigrain_noise(shape: tuple, grain: torch.Tensor, generators: list[torch.Generator] | None = None,
+                     dtype=torch.float32) -> torch.Tensor:
+    """N(0, I) per fine position in fine regions; one N(0, I) draw per coarse region, copied 2x2.
+    With `generators` (one per sample), sample i's noise depends only on its own generator."""
+    b, c, h, w = shape
+    fine, coarse = randn((b, c, h, w), generators, dtype), randn((b, c, h // 2, w // 2), generators, dtype)
+    return merge(fine, coarse, grain)
+
+
+def randn(shape: tuple, generators: list[torch.Generator] | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise, drawn per sample from its own generator when generators are given."""
+    if generators is None:
+        return torch.randn(shape, dtype=dtype)
+    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in generators])

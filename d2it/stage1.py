@@ -150,7 +150,9 @@ def encode_latents(config: dict, run_dir: Path, out: Path) -> dict:
     with flips), grain maps and labels, plus the scale factor 1/std of the training latents."""
     model, run = load_dvae(run_dir)
     views = ["identity", "hflip"] if run["data"]["flip"] else ["identity"]
-    cache = {"views": views, "run_digest": digest(run), "run": run, "latents": {}, "grain": {}, "labels": {}}
+    classes = len(Manifest.load(run["data"]["manifest"]).classes)
+    cache = {"views": views, "run_digest": digest(run), "run": run, "dvae_run": str(run_dir), "num_classes": classes,
+             "latents": {}, "grain": {}, "labels": {}}
     for split in ("train", "heldout"):
         latents, grains, labels = [], [], []
         for images, y, grain in _batches(config, run, split):
