@@ -1,9 +1,7 @@
-import copy
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from d2it import config as config_mod
 from d2it.data.folder import ImageFolderDataset
@@ -11,9 +9,6 @@ from d2it.data.manifest import Manifest, write_json_atomic
 from d2it.data.synth import synthesize
 from d2it.grain import compute_thresholds
 from tests_support import N_HELDOUT, N_TRAIN
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 
 @pytest.fixture(scope="session")
@@ -27,29 +22,25 @@ def dataset(tmp_path_factory) -> Path:
     return root / "manifest.json"
 
 
-@pytest.fixture
-def make_config(dataset, tmp_path):
-    """Write a CPU-study config pointing at the test dataset, with overrides; returns its path."""
-    def make(**sections) -> Path:
-        cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-        cfg["data"].update(manifest=str(dataset))
-        cfg["grain"].update(thresholds=str(dataset.parent / "thresholds.json"))
-        cfg["dvae"].update(perceptual="none")
-        cfg["dvae"]["train"].update(steps=6, batch_size=8, ckpt_every=2, log_every=2)
-        cfg["tracking"] = {"uri": None}
-        for section, values in sections.items():
-            target = cfg.setdefault(section, {})
-            for key, value in values.items():
-                if isinstance(value, dict):
-                    target.setdefault(key, {}).update(value)
-                else:
-                    target[key] = value
-        path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
-    return make
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, dataset):
+    """(config, folder) with a DVAE run briefly trained on the test dataset in folder/run."""
+    from d2it.stage1 import train_dvae
+
+    cfg = config_mod.validate({"data": {"manifest": str(dataset), "resolution": 32},
+                               "grain": {"region": 4, "thresholds": str(dataset.parent / "thresholds.json")},
+                               "dvae": {"preset": "tiny", "perceptual": "none",
+                                        "train": {"steps": 4, "batch_size": 8, "ema": None}},
+                               "tracking": {"uri": None}})
+    out = tmp_path_factory.mktemp("dvae")
+    train_dvae(cfg, out / "run")
+    return cfg, out
 
 
-@pytest.fixture
-def load_config():
-    return lambda path, *overrides: config_mod.load(path, list(overrides))
+@pytest.fixture(scope="session")
+def latent_cache(trained):
+    from d2it.stage1 import encode_latents
+
+    cfg, out = trained
+    encode_latents(cfg, out / "run", out / "cache.pt")
+    return out / "cache.pt"

@@ -5,24 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from d2it import config
 from d2it.data.manifest import sha256_file
 from d2it.metrics import effnet
 from d2it.metrics.fidelity import frechet_distance_effnet
-from d2it.stage1 import encode_latents, evaluate_recon, psnr, train_dvae
+from d2it.stage1 import encode_latents, evaluate_recon, psnr
 from tests_support import N_HELDOUT, N_TRAIN
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, dataset):
-    cfg = config.validate({"data": {"manifest": str(dataset), "resolution": 32},
-                           "grain": {"region": 4, "thresholds": str(dataset.parent / "thresholds.json")},
-                           "dvae": {"preset": "tiny", "perceptual": "none",
-                                    "train": {"steps": 4, "batch_size": 8, "ema": None}},
-                           "tracking": {"uri": None}})
-    out = tmp_path_factory.mktemp("dvae")
-    train_dvae(cfg, out / "run")
-    return cfg, out
 
 
 def test_psnr_matches_formula():

@@ -22,12 +22,12 @@ def run_cli(*args, **kw):
     return subprocess.run([*D2IT, *map(str, args)], capture_output=True, text=True, **kw)
 
 
-def train_cmd(cfg, out):
-    return [*D2IT, "train", "dvae", "--config", str(cfg), "--out", str(out)]
+def train_cmd(job, out):
+    return [*D2IT, "train", *job, "--out", str(out)]
 
 
-def start_and_stop_at_first_checkpoint(cfg, out, sig):
-    proc = subprocess.Popen(train_cmd(cfg, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+def start_and_stop_at_first_checkpoint(job, out, sig):
+    proc = subprocess.Popen(train_cmd(job, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     while not list((out / "checkpoints").glob("ckpt-*.pt")) and time.time() < deadline:
@@ -42,9 +42,12 @@ def final_weights(out):
     return torch.load(out / "final.pt", weights_only=False)["model"]
 
 
+LONG = {"steps": 40, "batch_size": 8, "ckpt_every": 10, "log_every": 5, "ema": 0.9, "lr": 1.0e-3}
+
+
 @pytest.fixture(scope="module")
 def long_config(tmp_path_factory, dataset):
-    """40 steps with a checkpoint every 10; a GAN phase from step 5 so both optimisers are resumed."""
+    """40 steps with a checkpoint every 10; the DVAE has a GAN phase from step 5 so both optimisers resume."""
     import yaml
 
     repo = Path(__file__).resolve().parents[1]
@@ -52,17 +55,25 @@ def long_config(tmp_path_factory, dataset):
     cfg["data"]["manifest"] = str(dataset)
     cfg["grain"]["thresholds"] = str(dataset.parent / "thresholds.json")
     cfg["dvae"].update(perceptual="none", gan_weight=0.1, gan_start=5)
-    cfg["dvae"]["train"].update(steps=40, batch_size=8, ckpt_every=10, log_every=5, ema=0.9)
+    cfg["dvae"]["train"].update(LONG)
+    cfg["d2it"] = {"size": "tiny", "train": LONG}
     cfg["tracking"] = {"uri": None}
     path = tmp_path_factory.mktemp("cfg") / "long.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
+@pytest.fixture(scope="module", params=["dvae", "d2it"])
+def job(request, long_config, latent_cache):
+    """Arguments of `d2it train` for a stage-1 and a stage-2 run."""
+    extra = ["--latents", str(latent_cache)] if request.param == "d2it" else []
+    return [request.param, "--config", str(long_config), *extra]
+
+
 @pytest.fixture(scope="module")
-def reference_run(long_config, tmp_path_factory):
+def reference_run(job, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "reference"
-    proc = subprocess.run(train_cmd(long_config, out), capture_output=True, text=True,
+    proc = subprocess.run(train_cmd(job, out), capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -74,10 +85,10 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_sigkill_then_rerun_gives_bit_identical_weights(long_config, reference_run, tmp_path):
+def test_sigkill_then_rerun_gives_bit_identical_weights(job, reference_run, tmp_path):
     out = tmp_path / "killed"
-    start_and_stop_at_first_checkpoint(long_config, out, signal.SIGKILL)
-    proc = subprocess.run(train_cmd(long_config, out), capture_output=True, text=True,
+    start_and_stop_at_first_checkpoint(job, out, signal.SIGKILL)
+    proc = subprocess.run(train_cmd(job, out), capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from step" in proc.stderr
@@ -88,22 +99,22 @@ def test_sigkill_then_rerun_gives_bit_identical_weights(long_config, reference_r
     assert steps == list(range(5, 41, 5))  # re-logged steps replaced, none doubled
 
 
-def test_sigterm_checkpoints_and_exits(long_config, reference_run, tmp_path):
+def test_sigterm_checkpoints_and_exits(job, reference_run, tmp_path):
     out = tmp_path / "preempted"
-    proc = start_and_stop_at_first_checkpoint(long_config, out, signal.SIGTERM)
+    proc = start_and_stop_at_first_checkpoint(job, out, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "checkpoint at step" in proc.stderr.read().decode()
-    proc = subprocess.run(train_cmd(long_config, out), capture_output=True, text=True,
+    proc = subprocess.run(train_cmd(job, out), capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0
     assert_same_weights(final_weights(out), final_weights(reference_run))
 
 
-def test_folder_of_another_config_is_refused_untouched(long_config, reference_run, tmp_path):
+def test_folder_of_another_config_is_refused_untouched(job, reference_run):
     before = {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()}
-    proc = run_cli("train", "dvae", "--config", long_config, "--out", reference_run, "--set", "dvae.train.lr=0.5")
+    proc = run_cli("train", *job, "--out", reference_run, "--set", f"{job[0]}.train.lr=0.5")
     assert proc.returncode == 2
-    assert "holds a run of a different config (dvae.train.lr: 0.001 -> 0.5)" in proc.stderr
+    assert "holds a run of a different config (" in proc.stderr and "train.lr: 0.001 -> 0.5)" in proc.stderr
     assert {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()} == before
 
 
