@@ -95,16 +95,17 @@ class Posterior:
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30, 20)
 
-    def _draw(self, moments: torch.Tensor, sample: bool) -> torch.Tensor:
+    def _draw(self, moments: torch.Tensor, randn) -> torch.Tensor:
         mean, logvar = self._split(moments)
-        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample else mean
+        return mean if randn is None else mean + torch.exp(0.5 * logvar) * randn(mean.shape)
 
-    def latent(self, sample: bool = True) -> torch.Tensor:
-        """Merged fine-grid latent; coarse codes are drawn on the coarse grid, then copied 2x2."""
-        fine = self._draw(self.fine, sample)
+    def latent(self, randn=None) -> torch.Tensor:
+        """Merged fine-grid latent: the posterior mean, or a sample with noise from randn(shape).
+        Coarse codes are drawn on the coarse grid, then copied 2x2."""
+        fine = self._draw(self.fine, randn)
         if self.coarse is None:
             return fine
-        return merge(fine, self._draw(self.coarse, sample), self.grain)
+        return merge(fine, self._draw(self.coarse, randn), self.grain)
 
     def kl(self) -> torch.Tensor:
         """KL to N(0, I) per image, summed over the latents actually used, each coarse code once."""
@@ -138,9 +139,10 @@ class DVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, grain: torch.Tensor, sample: bool = True):
+    def forward(self, x: torch.Tensor, grain: torch.Tensor, randn=None):
+        """Reconstruction from a posterior sample (noise from randn(shape)) or, without randn, the mean."""
         posterior = self.encode(x, grain)
-        return self.decode(posterior.latent(sample)), posterior
+        return self.decode(posterior.latent(randn)), posterior
 
     def last_layer(self) -> torch.Tensor:
         """Weight the adaptive GAN weight differentiates against."""

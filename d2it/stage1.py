@@ -47,18 +47,30 @@ class DVAETask:
         self.model = DVAE(cfg["preset"], data["resolution"], dual=self.fine_ratio < 1)
         self.perceptual = perceptual.build(cfg["perceptual"], config["metrics"])
         self.modules, self.phases = {"model": self.model}, {"generator": self.model}
-        if cfg["gan_weight"] > 0:
-            self.disc = PatchDiscriminator()
+        self.disc = PatchDiscriminator() if cfg["gan_weight"] > 0 else None
+        if self.disc is not None:
             self.modules["disc"] = self.phases["discriminator"] = self.disc
+        self.net, self.disc_net = self.model, self.disc
 
-    def losses(self, batch, step: int):
+    def to(self, device: torch.device) -> None:
+        for module in (self.model, self.disc, self.perceptual):
+            if module is not None:
+                module.to(device)
+
+    def distribute(self, wrap) -> None:
+        # Batches whose regions are all fine leave the coarse head unused.
+        self.net = wrap(self.model, find_unused=True)
+        if self.disc is not None:
+            self.disc_net = wrap(self.disc)
+
+    def losses(self, batch, step: int, shard):
         images, _ = batch
         x = to_signed(images)
         if self.flip:
-            flip = torch.rand(len(x)) < 0.5
+            flip = shard.rand(len(x)) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         grain = grain_map(x, self.thresholds, self.fine_ratio)
-        recon, posterior = self.model(x, grain)
+        recon, posterior = self.net(x, grain, lambda shape: shard.randn(*shape))
         l1 = (recon - x).abs().mean()
         rec = l1
         logged = {"l1": l1.item(), "fine_fraction": grain.float().mean().item()}
@@ -70,16 +82,16 @@ class DVAETask:
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec + self.cfg["kl_weight"] * kl
         logged["kl"] = kl.item()
-        gan = "disc" in self.modules and step >= self.cfg["gan_start"]
+        gan = self.disc is not None and step >= self.cfg["gan_start"]
         if gan:
-            g = -self.disc(recon).mean()
+            g = -self.disc_net(recon).mean()
             weight = adaptive_weight(rec, g, self.model.last_layer(), self.cfg["gan_adaptive_max"])
             loss = loss + self.cfg["gan_weight"] * weight * g
             logged.update(g_loss=g.item(), gan_adaptive_weight=weight.item())
         logged["loss"] = loss.item()
         yield "generator", loss, logged
         if gan:
-            d = hinge_d_loss(self.disc(x), self.disc(recon.detach()))
+            d = hinge_d_loss(self.disc_net(x), self.disc_net(recon.detach()))
             yield "discriminator", d, {"d_loss": d.item()}
 
 
@@ -127,7 +139,7 @@ def evaluate_recon(config: dict, run_dir: Path, out: Path) -> dict:
     originals, recons, fine = [], [], []
     for images, _, grain in _batches(config, run, "heldout"):
         x = to_signed(images)
-        recons.append(to_uint8(model.decode(model.encode(x, grain).latent(sample=False))))
+        recons.append(to_uint8(model.decode(model.encode(x, grain).latent())))
         originals.append(images)
         fine.append(grain.float().mean())
     originals, recons = torch.cat(originals), torch.cat(recons)
@@ -158,7 +170,7 @@ def encode_latents(config: dict, run_dir: Path, out: Path) -> dict:
         for images, y, grain in _batches(config, run, split):
             x = to_signed(images)
             per_view = [(x, grain), (x.flip(-1), grain.flip(-1))][:len(views)]
-            latents.append(torch.stack([model.encode(v, g).latent(sample=False) for v, g in per_view], 1))
+            latents.append(torch.stack([model.encode(v, g).latent() for v, g in per_view], 1))
             grains.append(torch.stack([g for _, g in per_view], 1))
             labels.append(y)
         cache["latents"][split], cache["grain"][split] = torch.cat(latents), torch.cat(grains)

@@ -9,7 +9,7 @@ import torch
 from d2it.data.manifest import sha256_file
 from d2it.diffusion import GaussianDiffusion
 from d2it.errors import D2itError
-from d2it.grain import block_mean, expand, multigrain_noise
+from d2it.grain import block_mean, expand, merge
 from d2it.models.dct import dct
 from d2it.nn.dit import DiT
 from d2it.train import seed_all, train
@@ -65,24 +65,33 @@ class LatentDiffusionTask:
         self.diffusion = GaussianDiffusion.dit(config["diffusion"]["timesteps"], learn_sigma=config["diffusion"]["learn_sigma"])
         self.dataset = torch.utils.data.TensorDataset(cache["latents"]["train"], cache["grain"]["train"],
                                                       cache["labels"]["train"])
+        self.net = self.model
 
-    def losses(self, batch, step: int):
+    def to(self, device: torch.device) -> None:
+        self.model.to(device)
+
+    def distribute(self, wrap) -> None:
+        self.net = wrap(self.model)
+
+    def losses(self, batch, step: int, shard):
         latents, grains, labels = batch
-        view = torch.randint(latents.shape[1], (len(latents),))  # identity or mirror image
-        rows = torch.arange(len(latents))
+        n = len(latents)
+        rows, view = torch.arange(n, device=latents.device), shard.randint(latents.shape[1], n)  # identity or mirror
         z, grain = latents[rows, view] * self.scale, grains[rows, view]
-        t = torch.randint(self.diffusion.num_timesteps, (len(z),))
-        noise = None
+        t = shard.randint(self.diffusion.num_timesteps, n)
+        drop = shard.rand(n) < self.model.y_embedder.dropout  # class dropout for guidance
         if self.kind == "grain":
             x0 = grain[:, None].float() * 2 - 1
-            model_fn = lambda x, tt: self.model(x, tt, labels)  # noqa: E731
         else:
             x0 = z
-            if self.kind == "d2it" and self.cfg["multigrain_noise"]:
-                noise = multigrain_noise(z.shape, grain)
-            model_fn = (lambda x, tt: self.model(x, tt, labels, grain)) if self.kind == "d2it" else \
-                (lambda x, tt: self.model(x, tt, labels))
-        noise = torch.randn_like(x0) if noise is None else noise
+        if self.kind == "d2it" and self.cfg["multigrain_noise"]:
+            noise = merge(shard.randn(n, *z.shape[1:]), shard.randn(n, z.shape[1], *grain.shape[1:]), grain)
+        else:
+            noise = shard.randn(n, *x0.shape[1:])
+        if self.kind == "d2it":
+            model_fn = lambda x, tt: self.net(x, tt, labels, grain, force_drop_ids=drop)  # noqa: E731
+        else:
+            model_fn = lambda x, tt: self.net(x, tt, labels, force_drop_ids=drop)  # noqa: E731
         maps = self.diffusion.training_maps(model_fn, x0, t, noise)
         if self.kind == "d2it" and self.cfg["dynamic_grain_loss"]:
             parts = {k: dynamic_grain_loss(m, grain, self.cfg["coarse_weight"], self.cfg["fine_weight"])

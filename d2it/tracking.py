@@ -34,9 +34,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 class Tracker:
     def __init__(self, out: Path, uri: str | None, experiment: str, run_name: str, params: dict,
-                 tags: dict, resume_step: int):
-        self.jsonl = Path(out) / "metrics.jsonl"
-        self._truncate_after(resume_step)  # a resumed run re-logs the steps after its checkpoint
+                 tags: dict, resume_step: int, write: bool = True):
+        self.jsonl, self.write = Path(out) / "metrics.jsonl", write  # write=False: a non-main DDP process
+        if write:
+            self._truncate_after(resume_step)  # a resumed run re-logs the steps after its checkpoint
         self.client = self.run_id = None
         if uri:
             self._start_mlflow(Path(out) / "mlflow_run_id", uri, experiment, run_name, params, tags)
@@ -70,6 +71,8 @@ class Tracker:
         self.client = None
 
     def log(self, metrics: dict, step: int) -> None:
+        if not self.write:
+            return
         with open(self.jsonl, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.client:

@@ -22,14 +22,14 @@ def dual():
 def test_neighbour_copying(dual):
     x, grain = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 8, 8) < 0.5
     posterior = dual.encode(x, grain)
-    z = posterior.latent(sample=False)
+    z = posterior.latent()
     assert z.shape == (3, 4, 16, 16)
     fine_mean, coarse_mean = posterior.fine[:, :4], posterior.coarse[:, :4]
     fine_at = expand(grain)[:, None].expand_as(z)
     assert torch.equal(z[fine_at], fine_mean[fine_at])
     assert torch.equal(z[~fine_at], expand(coarse_mean)[~fine_at])
     # sampled latents keep the copy structure: each coarse region is one code, copied 2x2
-    sampled = posterior.latent(sample=True)
+    sampled = posterior.latent(torch.randn)
     coarse_blocks = sampled.reshape(3, 4, 8, 2, 8, 2)
     same = (coarse_blocks == coarse_blocks[:, :, :, :1, :, :1]).all(3).all(4).all(1)
     assert same[~grain].all() and not same[grain].all()
@@ -49,7 +49,7 @@ def test_kl_counts_each_used_code_once(dual):
 
 def test_coarse_head_gets_no_gradient_from_all_fine_maps(dual):
     dual.zero_grad()
-    recon, posterior = dual(torch.rand(2, 3, 32, 32), torch.ones(2, 8, 8, dtype=torch.bool))
+    recon, posterior = dual(torch.rand(2, 3, 32, 32), torch.ones(2, 8, 8, dtype=torch.bool), torch.randn)
     (recon.square().mean() + posterior.kl().mean()).backward()
     assert all(p.grad is None or not p.grad.any() for p in dual.encoder.coarse_head.parameters())
     assert any(p.grad is not None and p.grad.any() for p in dual.encoder.fine_head.parameters())
@@ -61,7 +61,7 @@ def test_fine_ratio_one_is_a_plain_fixed_rate_vae():
     assert plain.encoder.coarse_head is None and not any("coarse" in n for n, _ in plain.named_parameters())
     assert len(plain.encoder.levels) == 2  # stops at the fine grid: nothing is computed at 2f
     x = torch.rand(2, 3, 32, 32)
-    z = plain.encode(x, torch.ones(2, 8, 8, dtype=torch.bool)).latent(sample=False)
+    z = plain.encode(x, torch.ones(2, 8, 8, dtype=torch.bool)).latent()
     torch.testing.assert_close(z, plain.encoder(x)[0][:, :4])
 
 

@@ -128,7 +128,13 @@ class ToyTask:
         self.dataset = torch.utils.data.TensorDataset(torch.randn(64, 3), torch.randn(64, 1))
         self.nan_at = nan_at
 
-    def losses(self, batch, step):
+    def to(self, device):
+        self.model.to(device)
+
+    def distribute(self, wrap):
+        pass
+
+    def losses(self, batch, step, shard):
         x, y = batch
         loss = (self.model(x) - y).square().mean()
         if step == self.nan_at:

@@ -36,14 +36,15 @@ class DynamicContentTransformer(DiT):
         if routing:
             nn.init.normal_(self.grain_embedder.weight, std=0.02)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, grain: torch.Tensor,
+                force_drop_ids=None) -> torch.Tensor:
         """x: B x C x H x W on the fine grid; grain: bool B x H/2 x W/2 (True = fine)."""
         tokens = self.x_embedder(x)
         if self.routing:
             g = grain.flatten(1)[..., None]
             coarse = self.coarse_embedder(block_mean(x).flatten(2).transpose(1, 2))
             tokens = torch.where(g, tokens, coarse) + self.grain_embedder(g[..., 0].long())
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)
+        c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop_ids)
         h = tokens + self.pos_embed
         for block in self.blocks:
             h = block(h, c)

@@ -42,8 +42,11 @@ class LabelEmbedder(nn.Module):
         self.embedding_table = nn.Embedding(num_classes + int(dropout > 0), hidden)
         self.num_classes, self.dropout = num_classes, dropout
 
-    def forward(self, labels: torch.Tensor, train: bool) -> torch.Tensor:
-        if train and self.dropout > 0:
+    def forward(self, labels: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """force_drop_ids (bool or 0/1 per label) replaces the random drop, as in DiT."""
+        if force_drop_ids is not None:
+            labels = torch.where(force_drop_ids.bool(), self.num_classes, labels)
+        elif train and self.dropout > 0:
             labels = torch.where(torch.rand(labels.shape[0], device=labels.device) < self.dropout,
                                  self.num_classes, labels)
         return self.embedding_table(labels)
