@@ -88,6 +88,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict:
         raise D2itError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(config, dict):
         raise D2itError(f"{path}: top level must be a mapping")
+    config = json.loads(json.dumps(config))  # YAML aliases share objects: unshare, so --set changes one key
     validate(config, str(path))
     for item in overrides:
         key, sep, value = item.partition("=")

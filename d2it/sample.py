@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from d2it.data.manifest import write_json_atomic
 from d2it.diffusion import GaussianDiffusion, guided
 from d2it.errors import D2itError
 from d2it.grain import multigrain_noise, project_coarse, randn
@@ -110,8 +111,12 @@ def sample(config: dict, run_dir: Path, cache_path: Path, out: Path, grain_run: 
     os.replace(tmp, out)
     grid_path = out.with_suffix(".png")
     write_grid(arr[:64], grains[:64], grid_path)
-    return {"samples": str(out), "grid": str(grid_path), "n": len(arr), "kind": kind, "grain_source": source,
-            "fine_fraction": float(grains.mean())}
+    result = {"samples": str(out), "grid": str(grid_path), "n": len(arr), "kind": kind, "run": str(run_dir),
+              "grain_source": source if kind == "d2it" else None, "fine_fraction": float(grains.mean()),
+              "gt_fine_fraction_train": fine_rate, "seed": s["seed"], "cfg_scale": config["diffusion"]["cfg_scale"],
+              "sampler": config["diffusion"]["sampler"], "sampling_steps": config["diffusion"]["sampling_steps"]}
+    write_json_atomic(out.with_suffix(".json"), result)
+    return result
 
 
 def overlay(image: np.ndarray, grain: np.ndarray, alpha: float = 0.4) -> np.ndarray:

@@ -59,3 +59,10 @@ def test_workflow_dag_resolves():
 def test_paper_configs_validate(name):
     cfg = config.load(REPO / "config" / name)
     assert cfg["data"]["resolution"] == 256 and cfg["grain"]["region"] == 16 and cfg["grain"]["bins"] == 256
+
+
+def test_yaml_aliases_do_not_couple_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dit: {train: &t {steps: 5}}\nd2it: {train: *t}\n")
+    cfg = config.load(path, ["dit.train.steps=9"])
+    assert cfg["dit"]["train"]["steps"] == 9 and cfg["d2it"]["train"]["steps"] == 5
