@@ -47,3 +47,62 @@ def test_overlay_colours_fine_red_and_coarse_blue():
     grain = np.array([[True, False], [False, False]])
     tinted = overlay(image, grain, alpha=0.5)
     assert tuple(tinted[0, 0]) == (178, 50, 50) and tuple(tinted[3, 3]) == (50, 50, 178)
+
+
+@pytest.fixture
+def d2it_task(trained, latent_cache):
+    from d2it.stage2 import LatentDiffusionTask, load_cache
+
+    def make(**switches):
+        cfg = config.validate({**trained[0], "d2it": {"size": "tiny", **switches}})
+        return LatentDiffusionTask("d2it", cfg, load_cache(latent_cache))
+    return make
+
+
+def recorded_loss(task, maps_fn):
+    """Run one training step of `task` with the diffusion's loss maps replaced by maps_fn(noise)."""
+    from d2it.train import Shard
+
+    seen = {}
+
+    def training_maps(model_fn, x0, t, noise):
+        seen["noise"] = noise
+        return maps_fn(noise)
+
+    task.diffusion.training_maps = training_maps
+    batch = [tensor[:8] for tensor in task.dataset.tensors]
+    _, loss, _ = next(task.losses(batch, 0, Shard()))
+    return loss, seen["noise"], batch
+
+
+def test_multigrain_noise_switch(d2it_task):
+    from d2it.grain import block_mean, expand
+
+    shares = {}
+    for on in (True, False):
+        _, noise, _ = recorded_loss(d2it_task(multigrain_noise=on), lambda n: {"mse": n.square().mean(1)})
+        constant_blocks = (expand(block_mean(noise)) == noise).all(1).reshape(8, 8, 2, 8, 2).all(2).all(3)
+        shares[on] = constant_blocks.float().mean().item()
+    assert shares[True] > 0.2 and shares[False] == 0  # coarse regions share one noise draw only when on
+
+
+def test_dynamic_grain_loss_switch(d2it_task):
+    """A unit error everywhere: the dynamic grain loss adds one mean per grain (2), the plain loss
+    averages the latent grid (1)."""
+    def ones(noise):
+        return {"mse": torch.ones(noise.shape[0], *noise.shape[2:])}
+
+    assert recorded_loss(d2it_task(dynamic_grain_loss=True), ones)[0].item() == pytest.approx(2.0)
+    assert recorded_loss(d2it_task(dynamic_grain_loss=False), ones)[0].item() == pytest.approx(1.0)
+
+
+def test_d2it_parameters_are_dit_plus_routing():
+    """DCT-XL = DiT-XL/2 + coarse embedder (C·D + D) + grain embedding (2D) + coarse head
+    (adaLN D·2D + 2D, linear D·2C + 2C), with the same total depth."""
+    from baselines.dit import dit
+    from d2it.models.dct import dct
+
+    d, c = 1152, 4
+    extra = (c * d + d) + 2 * d + (d * 2 * d + 2 * d) + (d * 2 * c + 2 * c)
+    count = sum(p.numel() for p in dct("XL", input_size=32, num_classes=1000).parameters())
+    assert count == sum(p.numel() for p in dit("XL/2").parameters()) + extra == 677_803_432

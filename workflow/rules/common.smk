@@ -20,5 +20,7 @@ def section_digest(*keys):
     return digest({k: config[k] for k in keys})[:16]
 
 
-def ratio_tag(ratio):
-    return f"r{float(ratio):g}"
+# Training runs live in folders named by the digest of the config sections they depend on: a changed
+# config trains into a new folder (the old run stays), an unchanged one resumes its checkpoints.
+DVAE_RUNS = f"runs/dvae/{section_digest('seed', 'data', 'grain', 'dvae')}"
+STAGE2_RUNS = f"runs/stage2/{section_digest('seed', 'data', 'grain', 'dvae', 'diffusion', 'dit', 'd2it', 'grain_model')}"

@@ -6,9 +6,7 @@ rule train_dvae:
         config["data"]["manifest"],
         config["grain"]["thresholds"],
     output:
-        "runs/dvae/r{ratio}/final.pt",
-    params:
-        cfg=section_digest("seed", "data", "grain", "dvae"),
+        f"{DVAE_RUNS}/r{{ratio}}/final.pt",
     threads: 2
     resources:
         runtime=120,
@@ -16,12 +14,12 @@ rule train_dvae:
         "logs/train_dvae/r{ratio}.log",
     shell:
         "OMP_NUM_THREADS={threads} d2it train dvae --config {CFG} --set grain.fine_ratio={wildcards.ratio} "
-        "--out runs/dvae/r{wildcards.ratio} > {log} 2>&1"
+        f"--out {DVAE_RUNS}/r{{wildcards.ratio}} > {{log}} 2>&1"
 
 
 rule eval_recon:
     input:
-        "runs/dvae/r{ratio}/final.pt",
+        f"{DVAE_RUNS}/r{{ratio}}/final.pt",
     output:
         "results/metrics/dvae/r{ratio}.json",
     params:
@@ -29,18 +27,18 @@ rule eval_recon:
     log:
         "logs/eval_recon/r{ratio}.log",
     shell:
-        "d2it eval recon --config {CFG} --run runs/dvae/r{wildcards.ratio} --out {output} > {log} 2>&1"
+        "d2it eval recon --config {CFG} --run $(dirname {input}) --out {output} > {log} 2>&1"
 
 
 rule encode_latents:
     input:
-        "runs/dvae/r{ratio}/final.pt",
+        f"{DVAE_RUNS}/r{{ratio}}/final.pt",
     output:
-        "runs/latents/r{ratio}.pt",
+        f"{DVAE_RUNS}/r{{ratio}}/latents.pt",
     log:
         "logs/encode/r{ratio}.log",
     shell:
-        "d2it encode --config {CFG} --run runs/dvae/r{wildcards.ratio} --out {output} > {log} 2>&1"
+        "d2it encode --config {CFG} --run $(dirname {input}) --out {output} > {log} 2>&1"
 
 
 rule dvae_table:

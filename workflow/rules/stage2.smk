@@ -1,20 +1,17 @@
 # Stage 2: the DiT baseline on the fixed-rate VAE's latents (r = 1), D²iT and its grain model on the
 # DVAE's latents at the configured fine ratio.
 FINE_RATIO = f"{float(config['grain']['fine_ratio'])}"
-LATENTS = {"dit": "runs/latents/r1.0.pt", "d2it": f"runs/latents/r{FINE_RATIO}.pt",
-           "grain": f"runs/latents/r{FINE_RATIO}.pt"}
-SECTIONS = {"dit": "dit", "d2it": "d2it", "grain": "grain_model"}
+LATENTS = {"dit": f"{DVAE_RUNS}/r1.0/latents.pt", "d2it": f"{DVAE_RUNS}/r{FINE_RATIO}/latents.pt",
+           "grain": f"{DVAE_RUNS}/r{FINE_RATIO}/latents.pt"}
 
 
 rule train_stage2:
     input:
         lambda w: LATENTS[w.kind],
     output:
-        "runs/{kind}/final.pt",
+        f"{STAGE2_RUNS}/{{kind}}/final.pt",
     wildcard_constraints:
         kind="dit|d2it|grain",
-    params:
-        cfg=lambda w: section_digest("seed", "diffusion", SECTIONS[w.kind]),
     threads: 2
     resources:
         runtime=240,
@@ -22,13 +19,13 @@ rule train_stage2:
         "logs/train_{kind}.log",
     shell:
         "OMP_NUM_THREADS={threads} d2it train {wildcards.kind} --config {CFG} --latents {input} "
-        "--out runs/{wildcards.kind} > {log} 2>&1"
+        "--out $(dirname {output}) > {log} 2>&1"
 
 
 rule sample_d2it:
     input:
-        run="runs/d2it/final.pt",
-        grain="runs/grain/final.pt",
+        run=f"{STAGE2_RUNS}/d2it/final.pt",
+        grain=f"{STAGE2_RUNS}/grain/final.pt",
         latents=LATENTS["d2it"],
     output:
         npz="results/samples/d2it_{source}.npz",
@@ -41,12 +38,13 @@ rule sample_d2it:
         "logs/sample/d2it_{source}.log",
     shell:
         "OMP_NUM_THREADS={threads} d2it sample --config {CFG} --set sample.grain_source={wildcards.source} "
-        "--run runs/d2it --grain-run runs/grain --latents {input.latents} --out {output.npz} > {log} 2>&1"
+        "--run $(dirname {input.run}) --grain-run $(dirname {input.grain}) --latents {input.latents} "
+        "--out {output.npz} > {log} 2>&1"
 
 
 rule sample_dit:
     input:
-        run="runs/dit/final.pt",
+        run=f"{STAGE2_RUNS}/dit/final.pt",
         latents=LATENTS["dit"],
     output:
         npz="results/samples/dit.npz",
@@ -58,5 +56,5 @@ rule sample_dit:
     log:
         "logs/sample/dit.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it sample --config {CFG} --run runs/dit --latents {input.latents} "
+        "OMP_NUM_THREADS={threads} d2it sample --config {CFG} --run $(dirname {input.run}) --latents {input.latents} "
         "--out {output.npz} > {log} 2>&1"
