@@ -68,20 +68,20 @@ def cmd_train_latent(args) -> dict:
 def cmd_sample(args) -> dict:
     from d2it.sample import sample
 
-    return sample(_config(args), Path(args.run), Path(args.latents), Path(args.out),
+    return sample(_config(args), Path(args.run_dir), Path(args.latents), Path(args.out),
                   Path(args.grain_run) if args.grain_run else None)
 
 
 def cmd_eval_recon(args) -> dict:
     from d2it.stage1 import evaluate_recon
 
-    return evaluate_recon(_config(args), Path(args.run), Path(args.out))
+    return evaluate_recon(_config(args), Path(args.run_dir), Path(args.out))
 
 
 def cmd_encode(args) -> dict:
     from d2it.stage1 import encode_latents
 
-    return encode_latents(_config(args), Path(args.run), Path(args.out))
+    return encode_latents(_config(args), Path(args.run_dir), Path(args.out))
 
 
 def cmd_report_recon(args) -> dict:
@@ -131,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=cmd_train_latent)
 
     sp = with_config(sub.add_parser("sample", help="sample a stage-2 run to .npz (ADM format) + PNG grid"))
-    sp.add_argument("--run", required=True, help="dit or d2it run folder")
+    sp.add_argument("--run-dir", required=True, help="dit or d2it run folder")
     sp.add_argument("--latents", required=True, help="the latent cache it was trained on")
     sp.add_argument("--grain-run", help="grain model run (sample.grain_source = predicted)")
     sp.add_argument("--out", required=True, help=".npz to write (the grid goes beside it as .png)")
@@ -139,12 +139,12 @@ def parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)
     sp = with_config(ev.add_parser("recon", help="PSNR and rFD of a DVAE on the held-out split"))
-    sp.add_argument("--run", required=True, help="DVAE run folder")
+    sp.add_argument("--run-dir", required=True, help="DVAE run folder")
     sp.add_argument("--out", required=True, help="metrics JSON")
     sp.set_defaults(fn=cmd_eval_recon)
 
     sp = with_config(sub.add_parser("encode", help="cache DVAE latents, grain maps and labels for stage 2"))
-    sp.add_argument("--run", required=True, help="DVAE run folder")
+    sp.add_argument("--run-dir", required=True, help="DVAE run folder")
     sp.add_argument("--out", required=True, help="cache file (.pt)")
     sp.set_defaults(fn=cmd_encode)
     rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what", required=True)

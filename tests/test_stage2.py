@@ -106,3 +106,28 @@ def test_d2it_parameters_are_dit_plus_routing():
     extra = (c * d + d) + 2 * d + (d * 2 * d + 2 * d) + (d * 2 * c + 2 * c)
     count = sum(p.numel() for p in dct("XL", input_size=32, num_classes=1000).parameters())
     assert count == sum(p.numel() for p in dit("XL/2").parameters()) + extra == 677_803_432
+
+
+def test_two_processes_draw_the_same_sample_set(study, latent_cache, tmp_path):
+    """torchrun with 2 gloo processes: each draws every other batch; the merged set equals one process's."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg, out = study
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**cfg, "sample": {**cfg["sample"], "batch_size": 2}}))
+    one = sample({**cfg, "sample": {**cfg["sample"], "batch_size": 2}}, out / "d2it", latent_cache, tmp_path / "one.npz",
+                 grain_run=out / "grain")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "d2it.cli", "sample", "--config", str(path), "--run-dir", str(out / "d2it"),
+                           "--grain-run", str(out / "grain"), "--latents", str(latent_cache),
+                           "--out", str(tmp_path / "two.npz")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    for key in ("arr_0", "labels", "grain"):
+        assert np.array_equal(a[key], b[key]), key
+    assert one["n"] == 6 and not list(tmp_path.glob("two.part*"))

@@ -27,7 +27,7 @@ rule eval_recon:
     log:
         "logs/eval_recon/r{ratio}.log",
     shell:
-        "d2it eval recon --config {CFG} --run $(dirname {input}) --out {output} > {log} 2>&1"
+        "d2it eval recon --config {CFG} --run-dir $(dirname {input}) --out {output} > {log} 2>&1"
 
 
 rule encode_latents:
@@ -38,7 +38,7 @@ rule encode_latents:
     log:
         "logs/encode/r{ratio}.log",
     shell:
-        "d2it encode --config {CFG} --run $(dirname {input}) --out {output} > {log} 2>&1"
+        "d2it encode --config {CFG} --run-dir $(dirname {input}) --out {output} > {log} 2>&1"
 
 
 rule dvae_table:

@@ -38,7 +38,7 @@ rule sample_d2it:
         "logs/sample/d2it_{source}.log",
     shell:
         "OMP_NUM_THREADS={threads} d2it sample --config {CFG} --set sample.grain_source={wildcards.source} "
-        "--run $(dirname {input.run}) --grain-run $(dirname {input.grain}) --latents {input.latents} "
+        "--run-dir $(dirname {input.run}) --grain-run $(dirname {input.grain}) --latents {input.latents} "
         "--out {output.npz} > {log} 2>&1"
 
 
@@ -56,5 +56,5 @@ rule sample_dit:
     log:
         "logs/sample/dit.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it sample --config {CFG} --run $(dirname {input.run}) --latents {input.latents} "
+        "OMP_NUM_THREADS={threads} d2it sample --config {CFG} --run-dir $(dirname {input.run}) --latents {input.latents} "
         "--out {output.npz} > {log} 2>&1"
