@@ -72,6 +72,12 @@ def cmd_sample(args) -> dict:
                   Path(args.grain_run) if args.grain_run else None)
 
 
+def cmd_metrics(args) -> dict:
+    from d2it.metrics.job import evaluate_samples
+
+    return evaluate_samples(_config(args), Path(args.samples), Path(args.out))
+
+
 def cmd_eval_recon(args) -> dict:
     from d2it.stage1 import evaluate_recon
 
@@ -136,6 +142,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--grain-run", help="grain model run (sample.grain_source = predicted)")
     sp.add_argument("--out", required=True, help=".npz to write (the grid goes beside it as .png)")
     sp.set_defaults(fn=cmd_sample)
+
+    sp = with_config(sub.add_parser("metrics", help="FD / IS / KID / precision / recall of a sample file"))
+    sp.add_argument("--samples", required=True, help=".npz with arr_0 (uint8 N x H x W x 3)")
+    sp.add_argument("--out", required=True, help="metrics JSON")
+    sp.set_defaults(fn=cmd_metrics)
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)
     sp = with_config(ev.add_parser("recon", help="PSNR and rFD of a DVAE on the held-out split"))

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch_fidelity.metric_fid import fid_features_to_statistics
 from tqdm import tqdm
 
 from d2it import perceptual
@@ -16,8 +17,8 @@ from d2it.data.manifest import Manifest, sha256_file, write_json_atomic
 from d2it.dvae import DVAE
 from d2it.errors import D2itError
 from d2it.grain import grain_map, load_thresholds, to_signed
-from d2it.metrics import effnet
-from d2it.metrics.fidelity import frechet_distance_effnet, protocol_key
+from d2it.metrics.evaluate import extract, frechet_distance, metric_key
+from d2it.metrics.extractors import resolve
 from d2it.nn.patchgan import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from d2it.train import load_final, seed_all, train
 
@@ -143,14 +144,16 @@ def evaluate_recon(config: dict, run_dir: Path, out: Path) -> dict:
         originals.append(images)
         fine.append(grain.float().mean())
     originals, recons = torch.cat(originals), torch.cat(recons)
-    n = len(originals)
-    result = {"psnr": psnr(recons, originals).mean().item(),
-              protocol_key("rfd", "effnet", n): frechet_distance_effnet(recons, originals,
-                                                                         config["metrics"]["batch_size"]),
+    n, extractor = len(originals), resolve(config["metrics"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    stats = [fid_features_to_statistics(extract(x, extractor, config["metrics"]["batch_size"], device)["pool"])
+             for x in (recons, originals)]
+    result = {"psnr": psnr(recons, originals).mean().item(), metric_key("rfd", extractor, n): frechet_distance(*stats),
               "n_images": n, "split": "heldout", "fine_fraction": torch.stack(fine).mean().item(),
-              "extractor": effnet.EXTRACTOR_NAME, "extractor_sha256": effnet.weights_sha256(),
-              "protocol": f"posterior-mean reconstructions of {n} held-out images; FD on EfficientNet-Lite0 "
-                          "pooled features (not Inception: not comparable to published rFID)",
+              "extractor": extractor.name, "extractor_sha256": extractor.sha256,
+              "protocol": f"posterior-mean reconstructions of {n} held-out images vs the originals; FD on "
+                          f"{extractor.name} pooled features" + ("" if extractor.comparable else
+                                                                 " (not comparable to published rFID)"),
               "run": str(run_dir), "run_digest": digest(run)}
     write_json_atomic(out, result)
     return result

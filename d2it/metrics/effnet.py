@@ -46,7 +46,6 @@ def normalise_uint8_range(x: torch.Tensor) -> torch.Tensor:
 class EffNetExtractor(FeatureExtractorBase):
     """torch-fidelity extractor: uint8 B x 3 x H x W -> (1280-d pooled features, 1000 ImageNet logits)."""
 
-    FEATURES = ("2048", "logits_unbiased")  # names torch-fidelity's metrics ask for by default
 
     def __init__(self, name, features_list, **kwargs):
         super().__init__(name, features_list)

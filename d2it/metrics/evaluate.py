@@ -1,0 +1,125 @@
+"""FD, IS, KID and precision/recall of generated images against a reference, computed by
+torch-fidelity's metric functions on features extracted once; keys name their protocol."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_fidelity.utils
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+
+from d2it.errors import D2itError
+from d2it.metrics.extractors import Extractor
+
+log = logging.getLogger(__name__)
+PAPER_COUNTS = (10_000, 50_000)  # FID-10K (FFHQ) and FID-50K (ImageNet)
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """A uint8 N x 3 x H x W tensor as the dataset torch-fidelity reads."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+def metric_key(metric: str, extractor: Extractor, n: int) -> str:
+    """fid50k / is10k ... only for Inception features of exactly a paper's sample count; otherwise the
+    extractor and count are spelled out, e.g. fd_effnet_2k, so no number lands under a paper column
+    made another way."""
+    count = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+    if extractor.comparable and n in PAPER_COUNTS:
+        return f"{ {'fd': 'fid', 'rfd': 'rfid'}.get(metric, metric)}{count}"
+    return f"{metric}_{extractor.short}_{count}"
+
+
+def extract(images: torch.Tensor, extractor: Extractor, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pooled features and logits of uint8 N x 3 x H x W images."""
+    net = extractor.create(device)
+    out = torch_fidelity.utils.get_featuresdict_from_dataset(UInt8Images(images), net, batch_size,
+                                                             cuda=device.type == "cuda", save_cpu_ram=True,
+                                                             verbose=False)
+    pool, logits = extractor.features
+    return {"pool": out[pool].double(), "logits": out[logits].double()}
+
+
+def frechet_distance(stats_a: dict, stats_b: dict) -> float:
+    return fid_statistics_to_metric(stats_a, stats_b, verbose=False)["frechet_inception_distance"]
+
+
+def bootstrap_fd(features: torch.Tensor, reference: dict, rounds: int, seed: int) -> tuple[float, float]:
+    """95 % interval of FD over resamplings (with replacement) of the generated features."""
+    rng = np.random.default_rng(seed)
+    values = [frechet_distance(fid_features_to_statistics(features[rng.integers(0, len(features), len(features))]),
+                               reference) for _ in range(rounds)]
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def compare(generated: dict, reference: dict, extractor: Extractor, cfg: dict, seed: int) -> dict:
+    """All metrics of generated features against reference features/statistics (see `reference_stats`)."""
+    n = len(generated["pool"])
+    stats = fid_features_to_statistics(generated["pool"])
+    key = lambda m: metric_key(m, extractor, n)  # noqa: E731
+    result = {key("fd"): frechet_distance(stats, reference)}
+    if cfg["bootstrap"]:
+        result[key("fd") + "_ci95"] = bootstrap_fd(generated["pool"], reference, cfg["bootstrap"], seed)
+    result[key("is")] = isc_features_to_metric(generated["logits"], splits=min(10, n), rng_seed=seed)[
+        "inception_score_mean"]
+    ref_feats = reference.get("features")
+    if ref_feats is not None:
+        subset = min(cfg["kid_subset_size"], n, len(ref_feats))
+        kid = kid_features_to_metric(generated["pool"], ref_feats, kid_subsets=100, kid_subset_size=subset,
+                                     kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                                     kid_kernel_poly_coef0=1, rng_seed=seed, verbose=False)
+        result[key("kid")] = kid["kernel_inception_distance_mean"]
+        prc = prc_features_to_metric(generated["pool"].float(), ref_feats.float(), prc_neighborhood=3,
+                                     prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+        result[key("precision")], result[key("recall")] = prc["precision"], prc["recall"]
+    return result
+
+
+def reference_stats(images_fn, key: dict, cache_dir: Path, extractor: Extractor, cfg: dict,
+                    device: torch.device) -> dict:
+    """μ, Σ and (up to metrics.reference_features) features of a reference image set, computed once
+    and cached as a file named by what made it (dataset, split, resolution, extractor weights)."""
+    name = "-".join(str(key[k]) for k in ("dataset", "split", "resolution")) + f"-{extractor.short}-{extractor.sha256[:12]}"
+    path = Path(cache_dir) / f"{name}.npz"
+    if path.exists():
+        data = np.load(path)
+        return {"mu": data["mu"], "sigma": data["sigma"], "features": torch.from_numpy(data["features"]),
+                "n": int(data["n"]), "file": str(path)}
+    images = images_fn()
+    features = extract(images, extractor, cfg["batch_size"], device)["pool"]
+    stats = fid_features_to_statistics(features)
+    keep = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:cfg["reference_features"]]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], features=keep.numpy(), n=len(features))
+    os.replace(tmp, path)
+    return {**stats, "features": keep, "n": len(features), "file": str(path)}
+
+
+def adm_reference(path: Path, extractor: Extractor, cfg: dict, device: torch.device) -> dict:
+    """An ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz): its mu/sigma (Inception pool_3 of
+    the whole training set) and the features of its 10K images for precision/recall."""
+    if not extractor.comparable:
+        raise D2itError(f"{path}: ADM reference statistics are Inception features; set metrics.extractor: inception")
+    data = np.load(path)
+    missing = {"mu", "sigma", "arr_0"} - set(data.files)
+    if missing:
+        raise D2itError(f"{path}: not an ADM reference batch (missing {', '.join(sorted(missing))})")
+    images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2)
+    features = extract(images, extractor, cfg["batch_size"], device)["pool"]
+    return {"mu": data["mu"].astype(np.float64), "sigma": data["sigma"].astype(np.float64), "features": features,
+            "n": None, "file": str(path)}
