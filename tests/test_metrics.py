@@ -1,0 +1,161 @@
+"""Metrics: FD against SciPy and torch-fidelity, its response to degradations, P/R and IS limits,
+protocol-named keys, the offline path and the Inception path (with a weights file made here)."""
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+import torch_fidelity
+
+from d2it import config
+from d2it.data.folder import ImageFolderDataset, load_all
+from d2it.data.manifest import Manifest
+from d2it.errors import D2itError
+from d2it.metrics.evaluate import UInt8Images, compare, extract, frechet_distance, metric_key, reference_stats
+from d2it.metrics.extractors import INCEPTION_FILE, resolve
+from torch_fidelity.metric_fid import fid_features_to_statistics
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def effnet_extractor():
+    return resolve(config.validate({})["metrics"] | {"extractor": "effnet"})
+
+
+@pytest.fixture(scope="module")
+def images(dataset):
+    """The test dataset's 200 images (uint8 N x 3 x 32 x 32)."""
+    manifest = Manifest.load(dataset)
+    return torch.cat([load_all(ImageFolderDataset(manifest, split, 32))[0] for split in ("train", "heldout")])
+
+
+@pytest.fixture(scope="module")
+def features(images, effnet_extractor):
+    return extract(images, effnet_extractor, 64, CPU)
+
+
+def scipy_fd(mu1, s1, mu2, s2):
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fd_matches_scipy_and_torch_fidelity(images, features, effnet_extractor):
+    a = fid_features_to_statistics(features["pool"][:100])
+    b = fid_features_to_statistics(features["pool"][100:])
+    ours = frechet_distance(a, b)
+    assert ours == pytest.approx(scipy_fd(a["mu"], a["sigma"], b["mu"], b["sigma"]), rel=1e-6)
+    whole = torch_fidelity.calculate_metrics(input1=UInt8Images(images[:100]), input2=UInt8Images(images[100:]),
+                                             fid=True, feature_extractor=effnet_extractor.name, cuda=False,
+                                             batch_size=64, cache=False, verbose=False, save_cpu_ram=True)
+    assert ours == pytest.approx(whole["frechet_inception_distance"], rel=1e-6)
+
+
+def fd_to(reference_features, images, extractor):
+    return frechet_distance(fid_features_to_statistics(reference_features),
+                            fid_features_to_statistics(extract(images, extractor, 64, CPU)["pool"]))
+
+
+def test_fd_of_a_set_with_itself_is_zero_and_halves_are_closer_than_degraded(images, features, effnet_extractor):
+    stats = fid_features_to_statistics(features["pool"])
+    assert abs(frechet_distance(stats, stats)) < 1e-3  # 1280-d covariance of 200 samples: rank-deficient, eigvals round
+    # Equal sample sizes on both sides, so FD's small-sample bias (large: 100 samples, 1280 dimensions)
+    # is the same in both comparisons; what is left over it is the degradation.
+    a, b = features["pool"][0::2], images[1::2]
+    halves = fd_to(a, b, effnet_extractor)
+    degraded = fd_to(a, noise(b, 64), effnet_extractor)
+    assert 1.5 * halves < degraded, (halves, degraded)
+
+
+def blur(images, sigma, radius=6):
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-x**2 / (2 * sigma**2))
+    k = k / k.sum()
+    img = images.float()
+    img = F.conv2d(F.pad(img, (radius, radius, 0, 0), mode="reflect"), k.reshape(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
+    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.reshape(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
+    return img.round().clamp(0, 255).to(torch.uint8)
+
+
+def noise(images, std):
+    z = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    return (images.float() + z * std).round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("degrade,levels", [(blur, (0.5, 0.75, 1.0, 1.5, 2.0)), (noise, (4, 8, 16, 32, 64))])
+def test_fd_grows_with_degradation(images, features, effnet_extractor, degrade, levels):
+    fds = [fd_to(features["pool"][0::2], degrade(images[1::2], s), effnet_extractor) for s in levels]
+    assert all(b > a for a, b in zip(fds, fds[1:])), fds
+
+
+def test_precision_recall_and_is_limits(images, features, effnet_extractor):
+    cfg = config.validate({})["metrics"] | {"bootstrap": 20, "kid_subset_size": 50}
+    ref = {**fid_features_to_statistics(features["pool"]), "features": features["pool"]}
+    own = compare(features, ref, effnet_extractor, cfg, seed=0)
+    n = len(images)
+    assert own[metric_key("recall", effnet_extractor, n)] == 1.0
+    assert own[metric_key("precision", effnet_extractor, n)] == 1.0
+    half = compare({k: v[:100] for k, v in features.items()}, ref, effnet_extractor, cfg, seed=0)
+    assert 0 <= half[metric_key("recall", effnet_extractor, 100)] <= 1
+    low, high = half[metric_key("fd", effnet_extractor, 100) + "_ci95"]
+    assert low < high
+    copies = extract(images[:1].repeat(40, 1, 1, 1), effnet_extractor, 64, CPU)
+    assert compare(copies, ref, effnet_extractor, cfg, seed=0)[metric_key("is", effnet_extractor, 40)] == \
+        pytest.approx(1.0, abs=1e-6)
+
+
+def test_keys_name_their_protocol(effnet_extractor):
+    inception = effnet_extractor.__class__("inception-v3-compat", "inception", ("2048", "logits_unbiased"), None,
+                                           None, True)
+    assert metric_key("fd", inception, 50_000) == "fid50k" and metric_key("fd", inception, 10_000) == "fid10k"
+    assert metric_key("fd", inception, 2_000) == "fd_inception_2k"
+    assert metric_key("fd", effnet_extractor, 50_000) == "fd_effnet_50k"
+    assert metric_key("rfd", effnet_extractor, 1_000) == "rfd_effnet_1k"
+
+
+def test_reference_statistics_are_computed_once(images, effnet_extractor, tmp_path):
+    cfg = config.validate({})["metrics"] | {"reference_features": 50}
+    key = {"dataset": "abc", "split": "train", "resolution": 32}
+    first = reference_stats(lambda: images[:80], key, tmp_path, effnet_extractor, cfg, CPU)
+    again = reference_stats(lambda: pytest.fail("recomputed"), key, tmp_path, effnet_extractor, cfg, CPU)
+    assert np.allclose(first["mu"], again["mu"]) and len(again["features"]) == 50 and again["n"] == 80
+
+
+def test_metrics_cli_runs_offline(dataset, images, tmp_path):
+    np.savez(tmp_path / "s.npz", arr_0=images[:60].permute(0, 2, 3, 1).numpy())
+    cfg = config.validate({"data": {"manifest": str(dataset), "resolution": 32}, "grain": {"region": 4},
+                           "dvae": {"preset": "tiny"},
+                           "metrics": {"reference": "heldout", "reference_dir": str(tmp_path / "ref"),
+                                       "bootstrap": 10, "kid_subset_size": 40}})
+    from d2it.metrics.job import evaluate_samples
+
+    result = evaluate_samples(cfg, tmp_path / "s.npz", tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text())["fd_effnet_60"] == pytest.approx(result["fd_effnet_60"])
+    assert result["extractor"] == "effnet-lite0" and result["comparable_with_paper"] is False
+    assert "not comparable" in result["protocol"] and result["reference"]["n"] == 40
+
+
+def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeypatch):
+    """A weights file of the real layout with random values, made here: the path works, the values mean nothing."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", lambda self, sd, *a, **k: None)
+    skeleton = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    monkeypatch.undo()
+    torch.save(skeleton.state_dict(), tmp_path / INCEPTION_FILE)
+    extractor = resolve(config.validate({})["metrics"] | {"inception_weights": str(tmp_path / INCEPTION_FILE)})
+    assert extractor.short == "inception" and extractor.comparable
+    feats = extract(images[:8], extractor, 8, CPU)
+    assert feats["pool"].shape == (8, 2048) and torch.isfinite(feats["pool"]).all()
+    assert metric_key("fd", extractor, 8) == "fd_inception_8"
+
+
+def test_auto_falls_back_to_effnet_without_inception_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    extractor = resolve(config.validate({})["metrics"])
+    assert extractor.short == "effnet" and not extractor.comparable
+    with pytest.raises(D2itError, match="metrics.inception_weights: .*missing.pth is not a file"):
+        resolve(config.validate({})["metrics"] | {"inception_weights": str(tmp_path / "missing.pth")})
