@@ -75,7 +75,7 @@ def cmd_sample(args) -> dict:
 def cmd_metrics(args) -> dict:
     from d2it.metrics.job import evaluate_samples
 
-    return evaluate_samples(_config(args), Path(args.samples), Path(args.out))
+    return evaluate_samples(_config(args), [Path(p) for p in args.samples], Path(args.out))
 
 
 def cmd_eval_recon(args) -> dict:
@@ -144,7 +144,8 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_sample)
 
     sp = with_config(sub.add_parser("metrics", help="FD / IS / KID / precision / recall of a sample file"))
-    sp.add_argument("--samples", required=True, help=".npz with arr_0 (uint8 N x H x W x 3)")
+    sp.add_argument("--samples", required=True, nargs="+",
+                    help=".npz with arr_0 (uint8 N x H x W x 3) or image folder; several (e.g. seeds) add mean and std")
     sp.add_argument("--out", required=True, help="metrics JSON")
     sp.set_defaults(fn=cmd_metrics)
 
@@ -158,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-dir", required=True, help="DVAE run folder")
     sp.add_argument("--out", required=True, help="cache file (.pt)")
     sp.set_defaults(fn=cmd_encode)
+
     rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what", required=True)
     sp = rep.add_parser("recon", help="stage-1 table: PSNR, rFD and training minutes per fine ratio")
     sp.add_argument("metrics", nargs="+", help="metrics JSON files of `d2it eval recon`")

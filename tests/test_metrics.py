@@ -8,12 +8,14 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 import torch_fidelity
+from PIL import Image
 
 from d2it import config
 from d2it.data.folder import ImageFolderDataset, load_all
 from d2it.data.manifest import Manifest
 from d2it.errors import D2itError
-from d2it.metrics.evaluate import UInt8Images, compare, extract, frechet_distance, metric_key, reference_stats
+from d2it.metrics.evaluate import (UInt8Images, adm_reference, compare, extract, frechet_distance, metric_key,
+                                   reference_stats)
 from d2it.metrics.extractors import INCEPTION_FILE, resolve
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
@@ -100,7 +102,7 @@ def test_precision_recall_and_is_limits(images, features, effnet_extractor):
     half = compare({k: v[:100] for k, v in features.items()}, ref, effnet_extractor, cfg, seed=0)
     assert 0 <= half[metric_key("recall", effnet_extractor, 100)] <= 1
     low, high = half[metric_key("fd", effnet_extractor, 100) + "_ci95"]
-    assert low < high
+    assert low < half[metric_key("fd", effnet_extractor, 100)] < high
     copies = extract(images[:1].repeat(40, 1, 1, 1), effnet_extractor, 64, CPU)
     assert compare(copies, ref, effnet_extractor, cfg, seed=0)[metric_key("is", effnet_extractor, 40)] == \
         pytest.approx(1.0, abs=1e-6)
@@ -131,10 +133,20 @@ def test_metrics_cli_runs_offline(dataset, images, tmp_path):
                                        "bootstrap": 10, "kid_subset_size": 40}})
     from d2it.metrics.job import evaluate_samples
 
-    result = evaluate_samples(cfg, tmp_path / "s.npz", tmp_path / "m.json")
+    result = evaluate_samples(cfg, [tmp_path / "s.npz"], tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text())["fd_effnet_60"] == pytest.approx(result["fd_effnet_60"])
     assert result["extractor"] == "effnet-lite0" and result["comparable_with_paper"] is False
     assert "not comparable" in result["protocol"] and result["reference"]["n"] == 40
+    # a folder of the same images gives the same numbers; two sets add their spread
+    (tmp_path / "folder").mkdir()
+    for i, image in enumerate(images[:60].permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(image).save(tmp_path / "folder" / f"{i:03d}.png")
+    np.savez(tmp_path / "t.npz", arr_0=images[60:120].permute(0, 2, 3, 1).numpy())
+    both = evaluate_samples(cfg, [tmp_path / "folder", tmp_path / "t.npz"], tmp_path / "m2.json")
+    first, second = (s["fd_effnet_60"] for s in both["sets"])
+    assert first == pytest.approx(result["fd_effnet_60"], rel=1e-6)
+    assert both["fd_effnet_60"] == pytest.approx((first + second) / 2)
+    assert both["fd_effnet_60_std"] == pytest.approx(abs(first - second) / np.sqrt(2))
 
 
 def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeypatch):
@@ -151,6 +163,18 @@ def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeyp
     feats = extract(images[:8], extractor, 8, CPU)
     assert feats["pool"].shape == (8, 2048) and torch.isfinite(feats["pool"]).all()
     assert metric_key("fd", extractor, 8) == "fd_inception_8"
+    # an ADM reference batch: whole-training-set mu / sigma plus images for precision and recall
+    np.savez(tmp_path / "VIRTUAL_ref.npz", arr_0=images[8:20].permute(0, 2, 3, 1).numpy(), mu=np.zeros(2048),
+             sigma=np.eye(2048))
+    cfg = config.validate({})["metrics"] | {"bootstrap": 0, "kid_subset_size": 8}
+    ref = adm_reference(tmp_path / "VIRTUAL_ref.npz", extractor, cfg, CPU)
+    result = compare(feats, ref, extractor, cfg, seed=0)
+    assert result["fd_inception_8"] == pytest.approx(
+        frechet_distance(fid_features_to_statistics(feats["pool"]), {"mu": np.zeros(2048), "sigma": np.eye(2048)}))
+    assert 0 <= result["recall_inception_8"] <= 1 and len(ref["features"]) == 12
+    with pytest.raises(D2itError, match="not an ADM reference batch"):
+        np.savez(tmp_path / "bad.npz", arr_0=np.zeros((1, 8, 8, 3), np.uint8))
+        adm_reference(tmp_path / "bad.npz", extractor, cfg, CPU)
 
 
 def test_auto_falls_back_to_effnet_without_inception_weights(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2it.data.folder import ImageFolderDataset, load_all
+from d2it.data.folder import IMAGE_SUFFIXES, ImageFolderDataset, load_all, read_image
 from d2it.data.manifest import Manifest, write_json_atomic
 from d2it.errors import D2itError
 from d2it.metrics.evaluate import adm_reference, compare, extract, reference_stats
@@ -15,13 +15,20 @@ from d2it.metrics.extractors import resolve
 
 
 def load_samples(path: Path, n: int | None) -> torch.Tensor:
-    """uint8 N x 3 x H x W from an ADM-style .npz (arr_0: N x H x W x 3)."""
-    try:
-        arr = np.load(path)["arr_0"]
-    except (OSError, KeyError, ValueError) as e:
-        raise D2itError(f"{path}: not a sample file with arr_0 ({e})") from None
+    """uint8 N x 3 x H x W from an ADM-style .npz (arr_0: N x H x W x 3) or a folder of images."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise D2itError(f"{path}: no images")
+        arr = np.stack([np.asarray(read_image(p)) for p in files[:n]])
+    else:
+        try:
+            arr = np.load(path)["arr_0"]
+        except (OSError, KeyError, ValueError) as e:
+            raise D2itError(f"{path}: not a sample file with arr_0 ({e})") from None
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise D2itError(f"{path}: arr_0 must be uint8 N x H x W x 3, got {arr.dtype} {arr.shape}")
+        raise D2itError(f"{path}: images must be uint8 N x H x W x 3, got {arr.dtype} {arr.shape}")
     if n is not None and len(arr) < n:
         raise D2itError(f"{path}: holds {len(arr)} samples, metrics.n_samples asks for {n}")
     return torch.from_numpy(arr[:n]).permute(0, 3, 1, 2).contiguous()
@@ -39,21 +46,32 @@ def reference(config: dict, extractor, device: torch.device) -> dict:
     return {**ref, "split": split}
 
 
-def evaluate_samples(config: dict, samples: Path, out: Path) -> dict:
+def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
+    """Metrics of one sample set, or of several (e.g. one per seed): then each set's values and, per
+    metric, their mean and standard deviation across sets."""
     cfg = config["metrics"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    images = load_samples(samples, cfg["n_samples"])
     extractor = resolve(cfg)
     ref = reference(config, extractor, device)
-    result = compare(extract(images, extractor, cfg["batch_size"], device), ref, extractor, cfg, cfg["seed"])
-    meta_path = Path(samples).with_suffix(".json")
+    runs = []
+    for path in samples:
+        images = load_samples(path, cfg["n_samples"])
+        values = compare(extract(images, extractor, cfg["batch_size"], device), ref, extractor, cfg, cfg["seed"])
+        meta = Path(path).with_suffix(".json")
+        runs.append({"samples": str(path), "n_generated": len(images), **values,
+                     "sampling": json.loads(meta.read_text()) if meta.is_file() else None})
+    result = {k: v for k, v in runs[0].items()} if len(runs) == 1 else {"sets": runs}
+    if len(runs) > 1:
+        for key in (k for k, v in runs[0].items() if isinstance(v, float)):
+            values = [r[key] for r in runs]
+            result[key], result[f"{key}_std"] = float(np.mean(values)), float(np.std(values, ddof=1))
+    n = runs[0]["n_generated"]
     result.update(
-        samples=str(samples), n_generated=len(images), extractor=extractor.name, extractor_sha256=extractor.sha256,
-        comparable_with_paper=extractor.comparable, seed=cfg["seed"],
+        extractor=extractor.name, extractor_sha256=extractor.sha256, comparable_with_paper=extractor.comparable,
+        seed=cfg["seed"], n_sets=len(runs),
         reference={"file": ref["file"], "split": ref.get("split"), "n": ref["n"], "n_features": len(ref["features"])},
-        protocol=(f"{len(images)} samples vs {Path(ref['file']).name}; {extractor.name} features; torch-fidelity "
+        protocol=(f"{n} samples per set vs {Path(ref['file']).name}; {extractor.name} features; torch-fidelity "
                   f"FD/IS/KID, precision/recall k=3" + ("" if extractor.comparable else
-                                                         "; not comparable with published Inception numbers")),
-        sampling=json.loads(meta_path.read_text()) if meta_path.exists() else None)
+                                                         "; not comparable with published Inception numbers")))
     write_json_atomic(out, result)
     return result
