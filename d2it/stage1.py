@@ -1,7 +1,6 @@
 """Stage 1 jobs: train the DVAE, evaluate its reconstructions, cache latents for stage 2."""
 from __future__ import annotations
 
-import logging
 import math
 import os
 from pathlib import Path
@@ -21,8 +20,6 @@ from d2it.metrics.evaluate import extract, frechet_distance, metric_key
 from d2it.metrics.extractors import resolve
 from d2it.nn.patchgan import PatchDiscriminator, adaptive_weight, hinge_d_loss
 from d2it.train import load_final, seed_all, train
-
-log = logging.getLogger(__name__)
 
 
 def run_config(config: dict) -> dict:

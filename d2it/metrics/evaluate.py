@@ -2,7 +2,6 @@
 torch-fidelity's metric functions on features extracted once; keys name their protocol."""
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 from d2it.errors import D2itError
 from d2it.metrics.extractors import Extractor
 
-log = logging.getLogger(__name__)
 PAPER_COUNTS = (10_000, 50_000)  # FID-10K (FFHQ) and FID-50K (ImageNet)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from d2it.grain import block_mean, expand, merge
+from d2it.grain import block_mean, merge
 from d2it.nn.dit import DiT
 from d2it.nn.transformer import DiTBlock, FinalLayer, init_dit_weights
 
