@@ -37,7 +37,7 @@ def cmd_data_prepare(args) -> dict:
 def cmd_grain_thresholds(args) -> dict:
     import torch
 
-    from d2it.data.folder import ImageFolderDataset
+    from d2it.data.folder import ImageFolderDataset, loader_workers
     from d2it.data.manifest import Manifest, write_json_atomic
     from d2it.grain import compute_thresholds
 
@@ -45,7 +45,8 @@ def cmd_grain_thresholds(args) -> dict:
     data, grain = cfg["data"], cfg["grain"]
     manifest = Manifest.load(data["manifest"])
     dataset = ImageFolderDataset(manifest, "train", data["resolution"])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=grain["batch_size"], num_workers=data["num_workers"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=grain["batch_size"],
+                                         num_workers=loader_workers(data["num_workers"]))
     table = compute_thresholds(loader, grain["region"], grain["bins"], grain["sigma"], manifest.digest())
     out = Path(args.out or grain["thresholds"])
     write_json_atomic(out, table)

@@ -29,10 +29,12 @@ def _with_defaults(cls):
 
 
 def _inline_refs(node, defs):
-    """Replace local {"$ref": "#/$defs/x"} by the definition, so defaults inside it get filled."""
+    """Replace local {"$ref": "#/$defs/x", ...} by the definition updated with the keys beside the
+    reference (e.g. its own default), so defaults inside it get filled."""
     if isinstance(node, dict):
         if "$ref" in node:
-            return _inline_refs(copy.deepcopy(defs[node["$ref"].removeprefix("#/$defs/")]), defs)
+            here = {k: v for k, v in node.items() if k != "$ref"}
+            return _inline_refs(copy.deepcopy(defs[node["$ref"].removeprefix("#/$defs/")]) | here, defs)
         return {k: _inline_refs(v, defs) for k, v in node.items()}
     return [_inline_refs(v, defs) for v in node] if isinstance(node, list) else node
 

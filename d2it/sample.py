@@ -20,7 +20,7 @@ from d2it.errors import D2itError
 from d2it.grain import multigrain_noise, project_coarse, randn
 from d2it.stage1 import load_dvae, to_uint8
 from d2it.stage2 import SECTION, build_model, load_cache
-from d2it.train import Distributed, load_final
+from d2it.train import Distributed, autocast, load_final
 
 
 def generators(seed: int, stream: str, indices) -> list[torch.Generator]:
@@ -99,8 +99,12 @@ class SampleJob:
         else:
             noise_fn, project = (lambda sh: randn(sh, gens).to(self.device)), (lambda x: x)
         extra = {"grain": grain} if self.kind == "d2it" else {}
-        z = self.sampler(lambda x, t: self.model(x, t, labels, **extra), noise_fn,
-                         (len(idx), self.channels, self.size, self.size), project)
+
+        def model(x, t):
+            with autocast(self.device, self.s["bf16"]):
+                return self.model(x, t, labels, **extra).float()  # the sampler's arithmetic stays fp32
+
+        z = self.sampler(model, noise_fn, (len(idx), self.channels, self.size, self.size), project)
         images = to_uint8(self.dvae.decode(z / self.cache["scale_factor"])).permute(0, 2, 3, 1)
         return images.cpu(), labels.cpu(), grain.cpu()
 
@@ -149,7 +153,8 @@ def sample(config: dict, run_dir: Path, cache_path: Path, out: Path, grain_run: 
               "grain_source": job.source if job.kind == "d2it" else None,
               "fine_fraction": float(arrays["grain"].mean()), "gt_fine_fraction_train": job.fine_rate,
               "seed": s["seed"], "cfg_scale": d["cfg_scale"], "sampler": d["sampler"],
-              "sampling_steps": d["sampling_steps"], "world_size": dist.world}
+              "sampling_steps": d["sampling_steps"], "bf16": s["bf16"] and dist.device.type == "cuda",
+              "world_size": dist.world}
     write_json_atomic(out.with_suffix(".json"), result)
     return result
 

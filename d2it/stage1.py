@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from d2it import perceptual
 from d2it.config import digest
-from d2it.data.folder import ImageFolderDataset
+from d2it.data.folder import ImageFolderDataset, loader_workers
 from d2it.data.manifest import Manifest, sha256_file, write_json_atomic
 from d2it.dvae import DVAE
 from d2it.errors import D2itError
@@ -97,7 +97,7 @@ def train_dvae(config: dict, out: Path) -> dict:
     seed_all(config["seed"])  # the model's initial weights
     task = DVAETask(config)
     return train(task, config["dvae"]["train"], out, run_config(config), config["tracking"], config["seed"],
-                 config["data"]["num_workers"])
+                 loader_workers(config["data"]["num_workers"]))
 
 
 def load_dvae(run_dir: Path) -> tuple[DVAE, dict]:
@@ -114,7 +114,7 @@ def _batches(config: dict, run: dict, split: str):
     dataset = ImageFolderDataset(manifest, split, run["data"]["resolution"])
     thresholds = load_thresholds(run["grain"]["thresholds"], manifest.digest())
     loader = torch.utils.data.DataLoader(dataset, batch_size=config["grain"]["batch_size"],
-                                         num_workers=config["data"]["num_workers"])
+                                         num_workers=loader_workers(config["data"]["num_workers"]))
     for images, labels in tqdm(loader, desc=f"{split}", unit="batch"):
         yield images, labels, grain_map(to_signed(images), thresholds, run["grain"]["fine_ratio"])
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from d2it.data.folder import loader_workers
 from d2it.data.manifest import sha256_file
 from d2it.diffusion import GaussianDiffusion
 from d2it.errors import D2itError
@@ -115,5 +116,5 @@ def train_latent_model(kind: str, config: dict, cache_path: Path, out: Path) -> 
     seed_all(config["seed"])
     task = LatentDiffusionTask(kind, config, cache)
     return train(task, config[SECTION[kind]]["train"], out, run_config(kind, config, Path(cache_path)),
-                 config["tracking"], config["seed"], config["data"]["num_workers"])
+                 config["tracking"], config["seed"], loader_workers(config["data"]["num_workers"]))
 

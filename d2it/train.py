@@ -193,6 +193,7 @@ class Distributed:
         self.device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as DiT's scripts
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if cuda else "gloo")
         self.main = self.rank == 0
@@ -227,7 +228,7 @@ class Distributed:
             torch.distributed.barrier()
 
 
-def _autocast(device: torch.device, bf16: bool):
+def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on GPUs (the CPU study stays in fp32, as exact resume is tested there)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
 
@@ -293,7 +294,7 @@ def train(task: Task, cfg: dict, out: Path, run_config: dict, tracking: dict, se
                 batch = [b.to(dist.device) for b in batch]
                 phases = task.losses(batch, step, shard)
                 while True:
-                    with _autocast(dist.device, cfg["bf16"]):
+                    with autocast(dist.device, cfg["bf16"]):
                         item = next(phases, None)
                     if item is None:
                         break

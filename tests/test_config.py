@@ -18,6 +18,14 @@ def test_default_config_validates_and_fills_paper_defaults():
     assert cfg["dvae"]["train"]["weight_decay"] == 0.0  # filled from the schema inside $defs
 
 
+def test_shared_definition_takes_its_own_default_and_rejects_bad_values():
+    cfg = config.validate({})
+    assert cfg["data"]["num_workers"] == 0 and cfg["metrics"]["num_workers"] == "auto"
+    assert config.validate({"data": {"num_workers": "auto"}})["data"]["num_workers"] == "auto"
+    with pytest.raises(D2itError, match=r"metrics\.num_workers: 'many' is not valid"):
+        config.validate({"metrics": {"num_workers": "many"}})
+
+
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"grain": {"fine_ratoi": 0.5}}))

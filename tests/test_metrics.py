@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-import torch.nn.functional as F
 import torch_fidelity
 from PIL import Image
 
@@ -14,6 +13,7 @@ from d2it import config
 from d2it.data.folder import ImageFolderDataset, load_all
 from d2it.data.manifest import Manifest
 from d2it.errors import D2itError
+from d2it.metrics.degrade import LEVELS, noise
 from d2it.metrics.evaluate import (UInt8Images, adm_reference, compare, extract, frechet_distance, metric_key,
                                    reference_stats)
 from d2it.metrics.extractors import INCEPTION_FILE, resolve
@@ -71,22 +71,7 @@ def test_fd_of_a_set_with_itself_is_zero_and_halves_are_closer_than_degraded(ima
     assert 1.5 * halves < degraded, (halves, degraded)
 
 
-def blur(images, sigma, radius=6):
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-x**2 / (2 * sigma**2))
-    k = k / k.sum()
-    img = images.float()
-    img = F.conv2d(F.pad(img, (radius, radius, 0, 0), mode="reflect"), k.reshape(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
-    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.reshape(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
-    return img.round().clamp(0, 255).to(torch.uint8)
-
-
-def noise(images, std):
-    z = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
-    return (images.float() + z * std).round().clamp(0, 255).to(torch.uint8)
-
-
-@pytest.mark.parametrize("degrade,levels", [(blur, (0.5, 0.75, 1.0, 1.5, 2.0)), (noise, (4, 8, 16, 32, 64))])
+@pytest.mark.parametrize("degrade,levels", LEVELS.items(), ids=[f.__name__ for f in LEVELS])
 def test_fd_grows_with_degradation(images, features, effnet_extractor, degrade, levels):
     fds = [fd_to(features["pool"][0::2], degrade(images[1::2], s), effnet_extractor) for s in levels]
     assert all(b > a for a, b in zip(fds, fds[1:])), fds
@@ -125,7 +110,7 @@ def test_reference_statistics_are_computed_once(images, effnet_extractor, tmp_pa
     assert np.allclose(first["mu"], again["mu"]) and len(again["features"]) == 50 and again["n"] == 80
 
 
-def test_metrics_cli_runs_offline(dataset, images, tmp_path):
+def test_metrics_cli_runs_offline(dataset, images, features, tmp_path):
     np.savez(tmp_path / "s.npz", arr_0=images[:60].permute(0, 2, 3, 1).numpy())
     cfg = config.validate({"data": {"manifest": str(dataset), "resolution": 32}, "grain": {"region": 4},
                            "dvae": {"preset": "tiny"},
@@ -137,6 +122,9 @@ def test_metrics_cli_runs_offline(dataset, images, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["fd_effnet_60"] == pytest.approx(result["fd_effnet_60"])
     assert result["extractor"] == "effnet-lite0" and result["comparable_with_paper"] is False
     assert "not comparable" in result["protocol"] and result["reference"]["n"] == 40
+    # the reference split, decoded from its files by worker processes, has the in-memory images' features
+    held_out = fid_features_to_statistics(features["pool"][-40:])["mu"]
+    assert np.allclose(np.load(result["reference"]["file"])["mu"], held_out, rtol=1e-5, atol=1e-6)
     # a folder of the same images gives the same numbers; two sets add their spread
     (tmp_path / "folder").mkdir()
     for i, image in enumerate(images[:60].permute(0, 2, 3, 1).numpy()):

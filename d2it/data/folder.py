@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def labels(self) -> torch.Tensor:
         return torch.tensor([e.label for e in self.entries])
+
+
+def loader_workers(setting: int | str) -> int:
+    """DataLoader worker processes for a config's `num_workers`: `auto` leaves one core to the main
+    process and stops at 8, past which image decoding no longer limits a GPU."""
+    return min(8, len(os.sched_getaffinity(0)) - 1) if setting == "auto" else setting
 
 
 def load_all(dataset: ImageFolderDataset, desc: str = "load") -> tuple[torch.Tensor, torch.Tensor]:

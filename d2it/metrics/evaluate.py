@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_fidelity.utils
+from tqdm import tqdm
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
+from d2it.data.folder import loader_workers
 from d2it.errors import D2itError
 from d2it.metrics.extractors import Extractor
 
@@ -42,14 +44,25 @@ def metric_key(metric: str, extractor: Extractor, n: int) -> str:
     return f"{metric}_{extractor.short}_{count}"
 
 
-def extract(images: torch.Tensor, extractor: Extractor, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pooled features and logits of uint8 N x 3 x H x W images."""
+def _images(items: list) -> torch.Tensor:
+    """Collate dataset items, (image, label) or bare images, into one uint8 batch."""
+    return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+
+
+def extract(images: torch.Tensor | torch.utils.data.Dataset, extractor: Extractor, batch_size: int,
+            device: torch.device, workers: int = 0, desc: str = "features") -> dict[str, torch.Tensor]:
+    """Pooled features and logits of uint8 N x 3 x H x W images: a tensor, or a dataset whose images
+    `workers` processes decode batch by batch, so a large reference set never sits in memory whole."""
     net = extractor.create(device)
-    out = torch_fidelity.utils.get_featuresdict_from_dataset(UInt8Images(images), net, batch_size,
-                                                             cuda=device.type == "cuda", save_cpu_ram=True,
-                                                             verbose=False)
-    pool, logits = extractor.features
-    return {"pool": out[pool].double(), "logits": out[logits].double()}
+    if torch.is_tensor(images):
+        images = UInt8Images(images)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=_images)
+    parts = [torch_fidelity.utils.get_featuresdict_from_dataset(UInt8Images(batch), net, batch_size,
+                                                                cuda=device.type == "cuda", save_cpu_ram=True,
+                                                                verbose=False)
+             for batch in tqdm(loader, desc=desc, unit="batch", leave=False)]
+    return {key: torch.cat([part[name] for part in parts]).double()
+            for key, name in zip(("pool", "logits"), extractor.features)}
 
 
 def frechet_distance(stats_a: dict, stats_b: dict) -> float:
@@ -91,7 +104,7 @@ def compare(generated: dict, reference: dict, extractor: Extractor, cfg: dict, s
     return result
 
 
-def reference_stats(images_fn, key: dict, cache_dir: Path, extractor: Extractor, cfg: dict,
+def reference_stats(dataset_fn, key: dict, cache_dir: Path, extractor: Extractor, cfg: dict,
                     device: torch.device) -> dict:
     """μ, Σ and (up to metrics.reference_features) features of a reference image set, computed once
     and cached as a file named by what made it (dataset, split, resolution, extractor weights)."""
@@ -101,8 +114,8 @@ def reference_stats(images_fn, key: dict, cache_dir: Path, extractor: Extractor,
         data = np.load(path)
         return {"mu": data["mu"], "sigma": data["sigma"], "features": torch.from_numpy(data["features"]),
                 "n": int(data["n"]), "file": str(path)}
-    images = images_fn()
-    features = extract(images, extractor, cfg["batch_size"], device)["pool"]
+    features = extract(dataset_fn(), extractor, cfg["batch_size"], device, loader_workers(cfg["num_workers"]),
+                       f"reference {key['split']}")["pool"]
     stats = fid_features_to_statistics(features)
     keep = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:cfg["reference_features"]]]
     path.parent.mkdir(parents=True, exist_ok=True)

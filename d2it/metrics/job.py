@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2it.data.folder import IMAGE_SUFFIXES, ImageFolderDataset, load_all, read_image
+from d2it.data.folder import IMAGE_SUFFIXES, ImageFolderDataset, read_image
 from d2it.data.manifest import Manifest, write_json_atomic
 from d2it.errors import D2itError
 from d2it.metrics.evaluate import adm_reference, compare, extract, reference_stats
@@ -40,7 +40,7 @@ def reference(config: dict, extractor, device: torch.device) -> dict:
         return adm_reference(Path(cfg["reference"]), extractor, cfg, device)
     manifest = Manifest.load(data["manifest"])
     split = cfg["reference"]
-    ref = reference_stats(lambda: load_all(ImageFolderDataset(manifest, split, data["resolution"]), f"reference {split}")[0],
+    ref = reference_stats(lambda: ImageFolderDataset(manifest, split, data["resolution"]),
                           {"dataset": manifest.digest()[:12], "split": split, "resolution": data["resolution"]},
                           Path(cfg["reference_dir"]), extractor, cfg, device)
     return {**ref, "split": split}
