@@ -26,6 +26,8 @@ for key, value in {
     "data.num_workers": "auto", "data.synth.n_train": n, "data.synth.n_heldout": n // 5,
     "dvae.train.steps": steps, "dvae.train.batch_size": 64, "dit.train.steps": steps, "d2it.train.steps": steps,
     "grain_model.train.steps": steps // 2, "sample.n": n // 5,
+    # EMA 0.999 over 1000 steps would keep 0.999^1000 = 37 % of the initial weights: noise-like samples
+    "dvae.train.ema": None, "dit.train.ema": 0.99, "d2it.train.ema": 0.99, "grain_model.train.ema": 0.99,
     "dit.train.batch_size": 128, "d2it.train.batch_size": 128, "grain_model.train.batch_size": 128,
     "sample.batch_size": 500, "tracking.uri": f"sqlite:///{out}/mlflow.db",
     "metrics.reference": "heldout", "metrics.reference_dir": f"{out}/reference", "metrics.extractor": "effnet",

@@ -34,7 +34,8 @@ def region_entropy(images: torch.Tensor, region: int, bins: int, sigma: float) -
     b, _, h, w = images.shape
     if h % region or w % region:
         raise D2itError(f"image size {h}x{w} is not a multiple of the grain region {region}")
-    grey = torch.einsum("bchw,c->bhw", images.float(), images.new_tensor(GREY, dtype=torch.float32))
+    with torch.autocast(images.device.type, enabled=False):  # sigma = 0.01 needs fp32 grey levels, not bf16
+        grey = torch.einsum("bchw,c->bhw", images.float(), images.new_tensor(GREY, dtype=torch.float32))
     x = grey.reshape(b, h // region, region, w // region, region).permute(0, 1, 3, 2, 4)
     x = x.reshape(-1, region * region, 1) + 1  # bin j sits at j * step on this shifted axis
     step = 2 / (bins - 1)

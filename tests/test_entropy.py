@@ -61,3 +61,12 @@ def test_uniform_noise_is_near_the_maximum():
 def test_size_must_tile_into_regions():
     with pytest.raises(D2itError, match="not a multiple"):
         region_entropy(torch.zeros(1, 3, 30, 32), 4, 256, 0.01)
+
+
+def test_mixed_precision_training_leaves_entropy_in_fp32():
+    """Grain maps are computed inside the bf16-autocast training step; bf16 grey levels would blur
+    the 0.01-wide kernels."""
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = region_entropy(images, 4, 256, 0.01)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, region_entropy(images, 4, 256, 0.01))
