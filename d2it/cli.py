@@ -91,13 +91,22 @@ def cmd_encode(args) -> dict:
     return encode_latents(_config(args), Path(args.run_dir), Path(args.out))
 
 
+def _write_table(table, out: str) -> dict:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False, float_format="%.6g")
+    return {"table": out, "rows": table.to_dict(orient="records")}
+
+
 def cmd_report_recon(args) -> dict:
     from d2it.report.recon import recon_table
 
-    table = recon_table([Path(p) for p in args.metrics])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False, float_format="%.6g")
-    return {"table": args.out, "rows": table.to_dict(orient="records")}
+    return _write_table(recon_table([Path(p) for p in args.metrics]), args.out)
+
+
+def cmd_report_table(args) -> dict:
+    from d2it.report.tables import paper_table
+
+    return _write_table(paper_table(args.table, {Path(p).stem: Path(p) for p in args.metrics}), args.out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -166,6 +175,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("metrics", nargs="+", help="metrics JSON files of `d2it eval recon`")
     sp.add_argument("--out", required=True, help="CSV to write")
     sp.set_defaults(fn=cmd_report_recon)
+    sp = rep.add_parser("table", help="a paper table (d2it/report/paper.yaml) with our numbers beside the paper's")
+    sp.add_argument("table", help="e.g. table2")
+    sp.add_argument("metrics", nargs="+", help="`d2it metrics` JSON files, named <sample set>.json")
+    sp.add_argument("--out", required=True, help="CSV to write")
+    sp.set_defaults(fn=cmd_report_table)
     return p
 
 

@@ -30,6 +30,10 @@ def generators(seed: int, stream: str, indices) -> list[torch.Generator]:
     return [one(i) for i in indices]
 
 
+def _millions(model: torch.nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
 def load_stage2(run_dir: Path, cache: dict) -> tuple[torch.nn.Module, dict]:
     weights, run = load_final(run_dir)
     config = {SECTION[run["kind"]]: run["model"], "diffusion": run["diffusion"]}
@@ -67,6 +71,8 @@ class SampleJob:
             if grain_run is None:
                 raise D2itError("sample.grain_source = predicted needs --grain-run (a trained grain model)")
             self.grain_model = load_stage2(grain_run, cache)[0].to(device)
+        self.params = {"params_M": _millions(model)} | (
+            {"grain_params_M": _millions(self.grain_model)} if self.source == "predicted" else {})
         self.dvae = load_dvae(Path(cache["dvae_run"]))[0].to(device)
         self.num_classes, (_, _, self.channels, self.size, _) = cache["num_classes"], cache["latents"]["train"].shape
         self.config, self.sampler = config, _sampler(config, run["diffusion"]["learn_sigma"])
@@ -150,6 +156,7 @@ def sample(config: dict, run_dir: Path, cache_path: Path, out: Path, grain_run: 
     write_grid(arrays["arr_0"][:64], arrays["grain"][:64], grid)
     d = config["diffusion"]
     result = {"samples": str(out), "grid": str(grid), "n": len(arrays["arr_0"]), "kind": job.kind, "run": str(run_dir),
+              **job.params,
               "grain_source": job.source if job.kind == "d2it" else None,
               "fine_fraction": float(arrays["grain"].mean()), "gt_fine_fraction_train": job.fine_rate,
               "seed": s["seed"], "cfg_scale": d["cfg_scale"], "sampler": d["sampler"],

@@ -48,7 +48,7 @@ def build_model(kind: str, config: dict, cache: dict) -> torch.nn.Module:
         return DiT(input_size=size, patch_size=section["patch"], in_channels=channels, hidden_size=hidden,
                    depth=depth, num_heads=heads, **common)
     if kind == "d2it":
-        extra = {} if section["refine_depth"] is None else {"refine_depth": section["refine_depth"]}
+        extra = {k: section[k] for k in ("depth", "refine_depth") if section[k] is not None}
         return dct(section["size"], input_size=size, in_channels=channels, routing=section["routing"],
                    learnable_pos=section["learnable_pos"], **extra, **common)
     return DiT(input_size=size // 2, patch_size=1, in_channels=1, hidden_size=section["hidden"],

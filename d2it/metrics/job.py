@@ -10,7 +10,7 @@ import torch
 from d2it.data.folder import IMAGE_SUFFIXES, ImageFolderDataset, read_image
 from d2it.data.manifest import Manifest, write_json_atomic
 from d2it.errors import D2itError
-from d2it.metrics.evaluate import adm_reference, compare, extract, reference_stats
+from d2it.metrics.evaluate import adm_reference, compare, extract, metric_key, reference_stats
 from d2it.metrics.extractors import resolve
 
 
@@ -67,6 +67,7 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
             result[key], result[f"{key}_std"] = float(np.mean(values)), float(np.std(values, ddof=1))
     n = runs[0]["n_generated"]
     result.update(
+        keys={m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")},
         extractor=extractor.name, extractor_sha256=extractor.sha256, comparable_with_paper=extractor.comparable,
         seed=cfg["seed"], n_sets=len(runs),
         reference={"file": ref["file"], "split": ref.get("split"), "n": ref["n"], "n_features": len(ref["features"])},

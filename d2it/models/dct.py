@@ -66,6 +66,7 @@ SIZES = {  # depth (DiT + RefineNet), RefineNet depth, hidden, heads
 
 
 def dct(size: str, **kwargs) -> DynamicContentTransformer:
+    """A size of SIZES; `depth` / `refine_depth` override its block counts (Table 4)."""
     depth, refine, hidden, heads = SIZES[size]
-    return DynamicContentTransformer(depth=depth, refine_depth=kwargs.pop("refine_depth", refine), hidden_size=hidden,
-                                     num_heads=heads, **kwargs)
+    return DynamicContentTransformer(depth=kwargs.pop("depth", depth), refine_depth=kwargs.pop("refine_depth", refine),
+                                     hidden_size=hidden, num_heads=heads, **kwargs)
