@@ -109,6 +109,12 @@ def cmd_report_table(args) -> dict:
     return _write_table(paper_table(args.table, {Path(p).stem: Path(p) for p in args.metrics}), args.out)
 
 
+def cmd_report_samples(args) -> dict:
+    from d2it.report.figures import samples_figure
+
+    return samples_figure(Path(args.samples), Path(args.out), args.by_class)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2it", description="D²iT / DiT reproduction harness")
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,6 +186,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("metrics", nargs="+", help="`d2it metrics` JSON files, named <sample set>.json")
     sp.add_argument("--out", required=True, help="CSV to write")
     sp.set_defaults(fn=cmd_report_table)
+    sp = rep.add_parser("samples", help="samples beside their grain maps (red fine, blue coarse): Figs. 3 and 4")
+    sp.add_argument("--samples", required=True, help="a `d2it sample` .npz")
+    sp.add_argument("--out", required=True, help="PNG to write")
+    sp.add_argument("--by-class", action="store_true", help="one row per class (Fig. 4)")
+    sp.set_defaults(fn=cmd_report_samples)
     return p
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from d2it.data.manifest import write_json_atomic
 from d2it.diffusion import GaussianDiffusion, guided
 from d2it.errors import D2itError
 from d2it.grain import multigrain_noise, project_coarse, randn
+from d2it.report.figures import write_grid
 from d2it.stage1 import load_dvae, to_uint8
 from d2it.stage2 import SECTION, build_model, load_cache
 from d2it.train import Distributed, autocast, load_final
@@ -164,21 +164,3 @@ def sample(config: dict, run_dir: Path, cache_path: Path, out: Path, grain_run: 
               "world_size": dist.world}
     write_json_atomic(out.with_suffix(".json"), result)
     return result
-
-
-def overlay(image: np.ndarray, grain: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """The image tinted red where the grain is fine and blue where it is coarse (as the paper's Fig. 3)."""
-    factor = image.shape[0] // grain.shape[0]
-    mask = np.kron(grain.astype(np.uint8), np.ones((factor, factor), np.uint8)).astype(bool)
-    tint = np.where(mask[..., None], np.array([255, 0, 0]), np.array([0, 0, 255]))
-    return ((1 - alpha) * image + alpha * tint).round().astype(np.uint8)
-
-
-def write_grid(images: np.ndarray, grains: np.ndarray, path: Path, columns: int = 8, zoom: int = 4) -> None:
-    """Pairs of (sample, sample with its grain map) in rows of `columns` pairs."""
-    cells = [np.concatenate([im, overlay(im, g)], 1) for im, g in zip(images, grains)]
-    while len(cells) % columns:
-        cells.append(np.zeros_like(cells[0]))
-    rows = [np.concatenate(cells[i:i + columns], 1) for i in range(0, len(cells), columns)]
-    grid = np.concatenate(rows, 0)
-    Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)

@@ -1,6 +1,7 @@
 """Paper tables: the paper's values verbatim beside ours, ours only under protocol-named columns."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +56,15 @@ def test_paper_dit_sizes_match_the_official_parameter_count():
     for row in PAPER["table2"]["rows"]:
         if row["method"].startswith("DiT-XL"):
             assert row["params_M"] == round(xl / 1e6)
+
+
+def test_class_rows_take_each_class_in_turn():
+    from d2it.report.figures import class_rows
+
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2])
+    images = np.arange(9)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    picked, grains = class_rows(images, np.zeros((9, 2, 2), bool), labels, per_class=2)
+    assert list(labels[picked[:, 0, 0, 0]]) == [0, 0, 1, 1, 2, 2] and len(grains) == 6
+    assert list(picked[:, 0, 0, 0]) == [1, 3, 2, 5, 0, 4]  # the first of each class, in sample order
+    with pytest.raises(D2itError, match=r"classes \[0, 1, 2\] have fewer than 4 samples"):
+        class_rows(images, np.zeros((9, 2, 2), bool), labels, per_class=4)

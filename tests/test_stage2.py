@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from d2it import config
-from d2it.sample import overlay, sample
+from d2it.report.figures import overlay
+from d2it.sample import sample
 from d2it.stage2 import train_latent_model
 
 
