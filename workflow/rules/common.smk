@@ -24,3 +24,10 @@ def section_digest(*keys):
 # config trains into a new folder (the old run stays), an unchanged one resumes its checkpoints.
 DVAE_RUNS = f"runs/dvae/{section_digest('seed', 'data', 'grain', 'dvae')}"
 STAGE2_RUNS = f"runs/stage2/{section_digest('seed', 'data', 'grain', 'dvae', 'diffusion', 'dit', 'd2it', 'grain_model')}"
+
+
+def d2it_cmd(wildcards, resources):
+    """The CLI of a training or sampling job: torchrun over its GPUs when the profile gives it several
+    (resources.gpu, SLURM's --gpus), else the plain `d2it`."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    return f"torchrun --standalone --nproc_per_node {gpus} -m d2it.cli" if gpus > 1 else "d2it"

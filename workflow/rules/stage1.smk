@@ -7,13 +7,15 @@ rule train_dvae:
         config["grain"]["thresholds"],
     output:
         f"{DVAE_RUNS}/r{{ratio}}/final.pt",
+    params:
+        d2it=d2it_cmd,
     threads: 2
     resources:
         runtime=120,
     log:
         "logs/train_dvae/r{ratio}.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it train dvae --config {CFG} --set grain.fine_ratio={wildcards.ratio} "
+        "OMP_NUM_THREADS={threads} {params.d2it} train dvae --config {CFG} --set grain.fine_ratio={wildcards.ratio} "
         f"--out {DVAE_RUNS}/r{{wildcards.ratio}} > {{log}} 2>&1"
 
 

@@ -26,13 +26,15 @@ rule train_stage2:
         f"{STAGE2_RUNS}/{{kind}}/final.pt",
     wildcard_constraints:
         kind="dit|d2it|grain",
+    params:
+        d2it=d2it_cmd,
     threads: 2
     resources:
         runtime=240,
     log:
         "logs/train_{kind}.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it train {wildcards.kind} --config {CFG} --latents {input} "
+        "OMP_NUM_THREADS={threads} {params.d2it} train {wildcards.kind} --config {CFG} --latents {input} "
         "--out $(dirname {output}) > {log} 2>&1"
 
 
@@ -46,13 +48,14 @@ rule train_variant:
         hash="[0-9a-f]{8}",
     params:
         args=lambda w: variant_args(w.variant, w.hash),
+        d2it=d2it_cmd,
     threads: 2
     resources:
         runtime=240,
     log:
         "logs/train_d2it-{variant}-{hash}.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it train d2it --config {CFG} {params.args} --latents {input} "
+        "OMP_NUM_THREADS={threads} {params.d2it} train d2it --config {CFG} {params.args} --latents {input} "
         "--out $(dirname {output}) > {log} 2>&1"
 
 
@@ -84,8 +87,9 @@ rule sample:
     params:
         cfg=section_digest("diffusion", "sample"),
         args=lambda w: sample_set(w.name)[1],
+        d2it=d2it_cmd,
     threads: 2
     log:
         "logs/sample/{name}.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it sample --config {CFG} {params.args} --out {output.npz} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.d2it} sample --config {CFG} {params.args} --out {output.npz} > {log} 2>&1"
