@@ -1,13 +1,22 @@
-# d2it-repro workflow: `snakemake --cores all <target>`; every step calls the `d2it` CLI.
+# d2it-repro workflow. The study is one config file, chosen on the command line and used alone:
+#   snakemake --cores all                                            the CPU study (config/cpu.yaml)
+#   snakemake --cores all --configfile config/ffhq256.yaml           a paper study
+#   snakemake --cores all results/cpu/table2.csv                     one target
+# Every target comes from the study's plan (`d2it study plan`); every step calls the `d2it` CLI.
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
-
-
 include: "workflow/rules/common.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        [str(path) for path in PLAN.targets()],
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/stage1.smk"
 include: "workflow/rules/stage2.smk"

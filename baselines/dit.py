@@ -1,14 +1,10 @@
-"""The DiT baseline: the official sizes as a table of constructors, and official checkpoints."""
+"""The DiT baseline's official registry (DiT-XL/2 ... DiT-S/8, facebookresearch/DiT's `DiT_models`)
+and its checkpoints, on the network of d2it.models.dit."""
 from __future__ import annotations
 
 import torch
 
-from d2it.nn.dit import DiT
-
-SIZES = {  # depth, hidden, heads
-    "XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6),
-    "tiny": (4, 128, 4),  # the CPU study: ~1.3M parameters at 64 tokens, ~10 steps/s at batch 32 on 2 cores
-}
+from d2it.models.dit import SIZES, DiT
 
 
 def dit(name: str, **kwargs) -> DiT:
@@ -18,7 +14,8 @@ def dit(name: str, **kwargs) -> DiT:
     return DiT(depth=depth, hidden_size=hidden, patch_size=int(patch), num_heads=heads, **kwargs)
 
 
-MODELS = {f"DiT-{size}/{p}": (lambda s=size, p=p, **kw: dit(f"{s}/{p}", **kw)) for size in SIZES for p in (2, 4, 8)}
+MODELS = {f"DiT-{size}/{p}": (lambda s=size, p=p, **kw: dit(f"{s}/{p}", **kw))
+          for size in SIZES for p in (2, 4, 8)}
 
 
 def load_official(path, model: DiT) -> DiT:

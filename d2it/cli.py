@@ -1,4 +1,6 @@
-"""`d2it` command line: each subcommand parses its arguments and calls the library."""
+"""`d2it` command line: each subcommand parses its arguments and calls the library. Every command
+reads a study (`--config`, default config/cpu.yaml) and, unless told otherwise, finds its runs and
+outputs where the study's plan puts them (`d2it study plan` prints it)."""
 from __future__ import annotations
 
 import argparse
@@ -10,18 +12,27 @@ from pathlib import Path
 from d2it.errors import D2itError
 
 
-def _config(args) -> dict:
-    from d2it import config
+def _study(args) -> dict:
+    from d2it import study
 
-    return config.load(args.config, args.set)
+    return study.load(args.config, args.set)
+
+
+def _plan(args):
+    from d2it import study
+
+    return study.plan(_study(args))
 
 
 def cmd_data_synth(args) -> dict:
     from d2it.data.synth import synthesize
 
-    cfg = _config(args)
-    out = Path(args.out) if args.out else Path(cfg["data"]["manifest"]).parent
+    cfg = _study(args)
     synth = cfg["data"]["synth"]
+    if synth is None:
+        raise D2itError(f"{args.config}: data.synth is null: this study's data is a prepared folder "
+                        "(`d2it data prepare`)")
+    out = Path(args.out) if args.out else Path(cfg["data"]["manifest"]).parent
     manifest = synthesize(out, seed=synth["seed"], resolution=cfg["data"]["resolution"],
                           n_train=synth["n_train"], n_heldout=synth["n_heldout"])
     return {"manifest": str(out / "manifest.json"), "files": len(manifest.files)}
@@ -38,16 +49,18 @@ def cmd_grain_thresholds(args) -> dict:
     import torch
 
     from d2it.data.folder import ImageFolderDataset, loader_workers
-    from d2it.data.manifest import Manifest, write_json_atomic
+    from d2it.data.manifest import Manifest
+    from d2it.files import write_json_atomic
     from d2it.grain import compute_thresholds
 
-    cfg = _config(args)
+    cfg = _study(args)
     data, grain = cfg["data"], cfg["grain"]
     manifest = Manifest.load(data["manifest"])
     dataset = ImageFolderDataset(manifest, "train", data["resolution"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=grain["batch_size"],
                                          num_workers=loader_workers(data["num_workers"]))
-    table = compute_thresholds(loader, grain["region"], grain["bins"], grain["sigma"], manifest.digest())
+    table = compute_thresholds(loader, grain["region"], grain["bins"], grain["sigma"],
+                               manifest.digest())
     out = Path(args.out or grain["thresholds"])
     write_json_atomic(out, table)
     return {"thresholds": str(out), "regions": table["n_regions"],
@@ -57,62 +70,101 @@ def cmd_grain_thresholds(args) -> dict:
 def cmd_train_dvae(args) -> dict:
     from d2it.stage1 import train_dvae
 
-    return train_dvae(_config(args), Path(args.out))
+    plan = _plan(args)
+    out = Path(args.out) if args.out else plan.dvae(args.fine_ratio, args.seed).folder
+    return train_dvae(plan.study, args.fine_ratio, args.seed, out)
 
 
-def cmd_train_latent(args) -> dict:
-    from d2it.stage2 import train_latent_model
+def cmd_train_model(args) -> dict:
+    from d2it.stage2 import train_model
 
-    return train_latent_model(args.model, _config(args), Path(args.latents), Path(args.out))
+    plan = _plan(args)
+    if args.spec not in plan.study["specs"]:
+        raise D2itError(f"{args.config}: no spec {args.spec!r} (specs: {', '.join(plan.study['specs'])})")
+    run = plan.model(args.spec, args.seed, args.fine_ratio)
+    latents = Path(args.latents) if args.latents else plan.latents(run)
+    out = Path(args.out) if args.out else run.folder
+    return train_model(plan.study, args.spec, args.seed, latents, out, args.fine_ratio)
 
 
 def cmd_sample(args) -> dict:
     from d2it.sample import sample
 
-    return sample(_config(args), Path(args.run_dir), Path(args.latents), Path(args.out),
-                  Path(args.grain_run) if args.grain_run else None)
+    if args.sample_set:
+        plan = _plan(args)
+        found = plan.find_sample_set(args.sample_set)
+        grain_run = found.grain_run.folder if found.grain_run else None
+        return sample(found.run.folder, found.settings, Path(args.out or found.npz), grain_run,
+                      Path(args.grid) if args.grid else found.grid)
+    if not (args.run_dir and args.out):
+        raise D2itError("give --sample-set NAME (`d2it study plan` lists them), or --run-dir and --out")
+    settings = {**_study(args)["sampling"], "classes": None}
+    return sample(Path(args.run_dir), settings, Path(args.out),
+                  Path(args.grain_run) if args.grain_run else None,
+                  Path(args.grid) if args.grid else None)
 
 
 def cmd_metrics(args) -> dict:
     from d2it.metrics.job import evaluate_samples
 
-    return evaluate_samples(_config(args), [Path(p) for p in args.samples], Path(args.out))
+    return evaluate_samples(_study(args), [Path(p) for p in args.samples], Path(args.out))
+
+
+def _dvae_dir(args, plan) -> Path:
+    return Path(args.run_dir) if args.run_dir else plan.dvae(args.fine_ratio, args.seed).folder
 
 
 def cmd_eval_recon(args) -> dict:
     from d2it.stage1 import evaluate_recon
 
-    return evaluate_recon(_config(args), Path(args.run_dir), Path(args.out))
+    plan = _plan(args)
+    run = _dvae_dir(args, plan)
+    out = Path(args.out) if args.out else plan.recon_json(plan.dvae(args.fine_ratio, args.seed))
+    return evaluate_recon(plan.study, run, out)
 
 
 def cmd_encode(args) -> dict:
     from d2it.stage1 import encode_latents
 
-    return encode_latents(_config(args), Path(args.run_dir), Path(args.out))
+    plan = _plan(args)
+    run = _dvae_dir(args, plan)
+    return encode_latents(plan.study, run, Path(args.out) if args.out else run / "latents")
 
 
-def _write_table(table, out: str) -> dict:
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False, float_format="%.6g")
-    return {"table": out, "rows": table.to_dict(orient="records")}
+def cmd_study_plan(args) -> list[dict]:
+    from d2it.study import describe
+
+    plan = _plan(args)
+    rows = plan.table_rows(args.table) if args.table else plan.rows
+    return [describe(plan, row) for row in rows]
+
+
+def _write_table(table, out: Path) -> dict:
+    from d2it.files import atomic
+
+    with atomic(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return {"table": str(out), "rows": table.to_dict(orient="records")}
 
 
 def cmd_report_recon(args) -> dict:
     from d2it.report.recon import recon_table
 
-    return _write_table(recon_table([Path(p) for p in args.metrics]), args.out)
+    return _write_table(recon_table([Path(p) for p in args.metrics]), Path(args.out))
 
 
 def cmd_report_table(args) -> dict:
     from d2it.report.tables import paper_table
 
-    return _write_table(paper_table(args.table, {Path(p).stem: Path(p) for p in args.metrics}), args.out)
+    plan = _plan(args)
+    out = Path(args.out) if args.out else plan.table_csv(args.table)
+    return _write_table(paper_table(plan, args.table), out)
 
 
 def cmd_report_samples(args) -> dict:
     from d2it.report.figures import samples_figure
 
-    return samples_figure(Path(args.samples), Path(args.out), args.by_class)
+    return samples_figure(Path(args.samples), Path(args.out), args.by_class, args.per_row)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -120,76 +172,88 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp):
-        sp.add_argument("--config", default="config/config.yaml", help="study config (YAML)")
+        sp.add_argument("--config", default="config/cpu.yaml", help="study config (YAML)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. grain.fine_ratio=0.25 (repeatable)")
+                        help="override a config key, e.g. sampling.steps=100 (repeatable)")
+        return sp
+
+    def with_dvae(sp, run_dir: bool = True):
+        sp.add_argument("--fine-ratio", type=float, default=0.5, help="the DVAE's fine ratio")
+        sp.add_argument("--seed", type=int, default=0, help="training seed")
+        if run_dir:
+            sp.add_argument("--run-dir", help="DVAE run folder (default: the study's)")
         return sp
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
     sp = with_config(data.add_parser("synth", help="write the embedded dataset"))
     sp.add_argument("--out", help="dataset folder (default: the folder of data.manifest)")
     sp.set_defaults(fn=cmd_data_synth)
-    sp = data.add_parser("prepare", help="manifest for your own image folder (FFHQ flat / ImageNet classes)")
+    sp = data.add_parser("prepare", help="manifest of your folder (FFHQ flat / ImageNet classes)")
     sp.add_argument("--src", required=True, help="image folder")
     sp.add_argument("--out", required=True, help="manifest file to write")
-    sp.add_argument("--heldout-fraction", type=float, default=0.1, help="share of files held out (by path hash)")
+    sp.add_argument("--heldout-fraction", type=float, default=0.1,
+                    help="share of files held out (by path hash)")
     sp.set_defaults(fn=cmd_data_prepare)
 
     grain = sub.add_parser("grain", help="grain maps").add_subparsers(dest="action", required=True)
-    sp = with_config(grain.add_parser("thresholds", help="entropy percentile table of the training split"))
+    sp = with_config(grain.add_parser("thresholds", help="entropy percentiles of the training split"))
     sp.add_argument("--out", help="JSON file (default: grain.thresholds)")
     sp.set_defaults(fn=cmd_grain_thresholds)
 
     tr = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
-    sp = with_config(tr.add_parser("dvae", help="stage 1: the dynamic VAE"))
-    sp.add_argument("--out", required=True, help="run folder (resumes if it holds this run)")
+    sp = with_dvae(with_config(tr.add_parser("dvae", help="stage 1: a DVAE at one fine ratio")), False)
+    sp.add_argument("--out", help="run folder (default: the study's; resumes if it holds this run)")
     sp.set_defaults(fn=cmd_train_dvae)
+    sp = with_config(tr.add_parser("model", help="stage 2: a spec (dit, d2it or grain) at one seed"))
+    sp.add_argument("--spec", required=True, help="a name of the study's `specs`")
+    sp.add_argument("--seed", type=int, default=0, help="training seed")
+    sp.add_argument("--fine-ratio", type=float, help="grain specs: the grain maps' fine ratio")
+    sp.add_argument("--latents", help="latent cache (default: that of the spec's DVAE)")
+    sp.add_argument("--out", help="run folder (default: the study's; resumes if it holds this run)")
+    sp.set_defaults(fn=cmd_train_model)
 
-    for kind, text in (("dit", "the DiT baseline"), ("d2it", "D²iT's Dynamic Content Transformer"),
-                       ("grain", "the Dynamic Grain Transformer")):
-        sp = with_config(tr.add_parser(kind, help=f"stage 2: {text}, on a latent cache"))
-        sp.add_argument("--latents", required=True, help="cache of `d2it encode`")
-        sp.add_argument("--out", required=True, help="run folder (resumes if it holds this run)")
-        sp.set_defaults(fn=cmd_train_latent)
-
-    sp = with_config(sub.add_parser("sample", help="sample a stage-2 run to .npz (ADM format) + PNG grid"))
-    sp.add_argument("--run-dir", required=True, help="dit or d2it run folder")
-    sp.add_argument("--latents", required=True, help="the latent cache it was trained on")
-    sp.add_argument("--grain-run", help="grain model run (sample.grain_source = predicted)")
-    sp.add_argument("--out", required=True, help=".npz to write (the grid goes beside it as .png)")
+    sp = with_config(sub.add_parser("sample", help="samples to .npz (ADM format) + PNG grid"))
+    sp.add_argument("--sample-set", help="a sample set of the study (`d2it study plan`)")
+    sp.add_argument("--run-dir", help="or: a dit / d2it run folder, sampled with `sampling`")
+    sp.add_argument("--grain-run", help="with --run-dir: the grain model run (grain_source predicted)")
+    sp.add_argument("--out", help=".npz to write (default: the sample set's)")
+    sp.add_argument("--grid", help="PNG grid to write (default: the sample set's, or beside --out)")
     sp.set_defaults(fn=cmd_sample)
 
-    sp = with_config(sub.add_parser("metrics", help="FD / IS / KID / precision / recall of a sample file"))
+    sp = with_config(sub.add_parser("metrics", help="FD / IS / KID / precision / recall of samples"))
     sp.add_argument("--samples", required=True, nargs="+",
-                    help=".npz with arr_0 (uint8 N x H x W x 3) or image folder; several (e.g. seeds) add mean and std")
+                    help=".npz with arr_0 (uint8 N x H x W x 3) or image folder; several: mean and std")
     sp.add_argument("--out", required=True, help="metrics JSON")
     sp.set_defaults(fn=cmd_metrics)
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)
-    sp = with_config(ev.add_parser("recon", help="PSNR and rFD of a DVAE on the held-out split"))
-    sp.add_argument("--run-dir", required=True, help="DVAE run folder")
-    sp.add_argument("--out", required=True, help="metrics JSON")
+    sp = with_dvae(with_config(ev.add_parser("recon", help="held-out PSNR and rFD of a DVAE")))
+    sp.add_argument("--out", help="metrics JSON (default: the study's)")
     sp.set_defaults(fn=cmd_eval_recon)
 
-    sp = with_config(sub.add_parser("encode", help="cache DVAE latents, grain maps and labels for stage 2"))
-    sp.add_argument("--run-dir", required=True, help="DVAE run folder")
-    sp.add_argument("--out", required=True, help="cache file (.pt)")
+    sp = with_dvae(with_config(sub.add_parser("encode", help="cache a DVAE's latents for stage 2")))
+    sp.add_argument("--out", help="cache folder (default: <DVAE run>/latents)")
     sp.set_defaults(fn=cmd_encode)
+
+    st = sub.add_parser("study", help="studies").add_subparsers(dest="what", required=True)
+    sp = with_config(st.add_parser("plan", help="one JSON line per table row, resolved"))
+    sp.add_argument("--table", help="only this table's rows, e.g. table2")
+    sp.set_defaults(fn=cmd_study_plan)
 
     rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what", required=True)
     sp = rep.add_parser("recon", help="stage-1 table: PSNR, rFD and training minutes per fine ratio")
     sp.add_argument("metrics", nargs="+", help="metrics JSON files of `d2it eval recon`")
     sp.add_argument("--out", required=True, help="CSV to write")
     sp.set_defaults(fn=cmd_report_recon)
-    sp = rep.add_parser("table", help="a paper table (d2it/report/paper.yaml) with our numbers beside the paper's")
+    sp = with_config(rep.add_parser("table", help="a study table beside the paper's numbers"))
     sp.add_argument("table", help="e.g. table2")
-    sp.add_argument("metrics", nargs="+", help="`d2it metrics` JSON files, named <sample set>.json")
-    sp.add_argument("--out", required=True, help="CSV to write")
+    sp.add_argument("--out", help="CSV to write (default: results/<study>/<table>.csv)")
     sp.set_defaults(fn=cmd_report_table)
-    sp = rep.add_parser("samples", help="samples beside their grain maps (red fine, blue coarse): Figs. 3 and 4")
+    sp = rep.add_parser("samples", help="samples beside their grain maps (Figs. 3 and 4)")
     sp.add_argument("--samples", required=True, help="a `d2it sample` .npz")
     sp.add_argument("--out", required=True, help="PNG to write")
     sp.add_argument("--by-class", action="store_true", help="one row per class (Fig. 4)")
+    sp.add_argument("--per-row", type=int, default=8, help="samples per row")
     sp.set_defaults(fn=cmd_report_samples)
     return p
 
@@ -202,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     except D2itError as e:
         print(f"d2it: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=1, default=str))
+    if isinstance(result, list):  # one JSON object per line
+        for item in result:
+            print(json.dumps(item, default=str, ensure_ascii=False))
+    else:
+        print(json.dumps(result, indent=1, default=str))
     return 0
 
 

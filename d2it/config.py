@@ -34,14 +34,16 @@ def _inline_refs(node, defs):
     if isinstance(node, dict):
         if "$ref" in node:
             here = {k: v for k, v in node.items() if k != "$ref"}
-            return _inline_refs(copy.deepcopy(defs[node["$ref"].removeprefix("#/$defs/")]) | here, defs)
+            target = copy.deepcopy(defs[node["$ref"].removeprefix("#/$defs/")])
+            return _inline_refs(target | here, defs)
         return {k: _inline_refs(v, defs) for k, v in node.items()}
     return [_inline_refs(v, defs) for v in node] if isinstance(node, list) else node
 
 
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 _RAW_SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
-_SCHEMA = _inline_refs({k: v for k, v in _RAW_SCHEMA.items() if k != "$defs"}, _RAW_SCHEMA.get("$defs", {}))
+_SCHEMA = _inline_refs({k: v for k, v in _RAW_SCHEMA.items() if k != "$defs"},
+                       _RAW_SCHEMA.get("$defs", {}))
 
 
 def validate(config: dict, source: str = "config") -> dict:
@@ -56,25 +58,27 @@ def validate(config: dict, source: str = "config") -> dict:
 
 
 def _check_consistency(config: dict, source: str) -> None:
-    from d2it.dvae import PRESETS  # the presets' fine factor ties the grain region to the DVAE
+    from d2it.models.dvae import PRESETS  # the preset's fine factor ties the grain region to the DVAE
 
-    grain, preset = config["grain"], PRESETS[config["dvae"]["preset"]]
-    if grain["region"] != 2 * preset["fine_factor"]:
+    grain, preset = config["grain"], config["dvae"]["preset"]
+    factor = PRESETS[preset]["fine_factor"]
+    if grain["region"] != 2 * factor:
         raise D2itError(f"{source}: grain.region = {grain['region']} must be one coarse latent cell, "
-                        f"2 x the fine factor {preset['fine_factor']} of dvae.preset {config['dvae']['preset']!r}")
+                        f"2 x the fine factor {factor} of dvae.preset {preset!r}")
     if config["data"]["resolution"] % grain["region"]:
-        raise D2itError(f"{source}: data.resolution = {config['data']['resolution']} is not a multiple "
-                        f"of grain.region = {grain['region']}")
+        raise D2itError(f"{source}: data.resolution = {config['data']['resolution']} is not a "
+                        f"multiple of grain.region = {grain['region']}")
 
 
 def set_key(config: dict, dotted: str, value, source: str = "--set") -> None:
-    """Override one dotted key; the key must already exist after defaults are filled."""
+    """Override one dotted key. Its parent must exist; a new leaf is left to the schema to accept
+    or name (e.g. a row's `seeds`, which has no default)."""
     node, parts = config, dotted.split(".")
     for part in parts[:-1]:
         if not isinstance(node, dict) or part not in node:
             raise D2itError(f"{source}: unknown config key {dotted!r}")
         node = node[part]
-    if not isinstance(node, dict) or parts[-1] not in node:
+    if not isinstance(node, dict):
         raise D2itError(f"{source}: unknown config key {dotted!r}")
     node[parts[-1]] = value
 
@@ -90,7 +94,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict:
         raise D2itError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(config, dict):
         raise D2itError(f"{path}: top level must be a mapping")
-    config = json.loads(json.dumps(config))  # YAML aliases share objects: unshare, so --set changes one key
+    # YAML aliases share objects: unshare them, so --set changes one key.
+    config = json.loads(json.dumps(config))
     validate(config, str(path))
     for item in overrides:
         key, sep, value = item.partition("=")

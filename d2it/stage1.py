@@ -1,8 +1,7 @@
-"""Stage 1 jobs: train the DVAE, evaluate its reconstructions, cache latents for stage 2."""
+"""Stage 1 jobs: train a DVAE, evaluate its reconstructions, cache its latents for stage 2."""
 from __future__ import annotations
 
-import math
-import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -12,40 +11,60 @@ from tqdm import tqdm
 from d2it import perceptual
 from d2it.config import digest
 from d2it.data.folder import ImageFolderDataset, loader_workers
-from d2it.data.manifest import Manifest, sha256_file, write_json_atomic
-from d2it.dvae import DVAE
+from d2it.data.latents import CacheWriter
+from d2it.data.manifest import Manifest
+from d2it.files import sha256_file, write_json_atomic
 from d2it.errors import D2itError
 from d2it.grain import grain_map, load_thresholds, to_signed
-from d2it.metrics.evaluate import extract, frechet_distance, metric_key
-from d2it.metrics.extractors import resolve
-from d2it.nn.patchgan import PatchDiscriminator, adaptive_weight, hinge_d_loss
+from d2it.metrics.evaluate import extract, frechet_distance
+from d2it.metrics.extractors import metric_key, resolve
+from d2it.models import build, dvae_architecture
+from d2it.models.patchgan import adaptive_weight, hinge_d_loss
+from d2it.study import dvae_identity
 from d2it.train import load_final, seed_all, train
 
 
-def run_config(config: dict) -> dict:
-    """What identifies a DVAE run: data, grain rule, model and training settings, and the digests
-    of the dataset and threshold files they point to."""
-    manifest = Manifest.load(config["data"]["manifest"])
-    grain = {k: v for k, v in config["grain"].items() if k != "batch_size"}
-    return {"seed": config["seed"], "data": {k: config["data"][k] for k in ("manifest", "resolution", "flip")},
-            "dataset_digest": manifest.digest(), "grain": grain,
-            "thresholds_sha256": sha256_file(Path(grain["thresholds"])),
-            "dvae": config["dvae"]}
+def run_record(study: dict, fine_ratio: float, seed: int) -> dict:
+    """A DVAE run's record (run.json, final.pt): its identity, the architecture that rebuilds it,
+    and the files it was made from (their digests, so other data under the same names is refused)."""
+    manifest = Manifest.load(study["data"]["manifest"])
+    thresholds = Path(study["grain"]["thresholds"])
+    if not thresholds.exists():
+        raise D2itError(f"{thresholds}: grain thresholds not found (make them with `d2it grain thresholds`)")
+    arch = dvae_architecture(study["dvae"]["preset"], study["data"]["resolution"], fine_ratio)
+    return {"identity": dvae_identity(study, fine_ratio, seed), "arch": arch,
+            "provenance": {"manifest": study["data"]["manifest"], "dataset_digest": manifest.digest(),
+                           "thresholds": str(thresholds), "thresholds_sha256": sha256_file(thresholds)}}
+
+
+@contextmanager
+def frozen(module: torch.nn.Module):
+    """No gradients into `module` inside the block (the generator's loss through the critic)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 class DVAETask:
+    """L1 + perceptual + KL (+ hinge PatchGAN with DQ-VAE's adaptive weight) on images with their
+    entropy grain maps, computed on the fly at the run's fine ratio."""
     name = "dvae"
 
-    def __init__(self, config: dict):
-        data, grain, cfg = config["data"], config["grain"], config["dvae"]
+    def __init__(self, study: dict, record: dict):
+        data, cfg = study["data"], study["dvae"]
         manifest = Manifest.load(data["manifest"])
         self.dataset = ImageFolderDataset(manifest, "train", data["resolution"])
-        self.thresholds = load_thresholds(grain["thresholds"], manifest.digest())
-        self.fine_ratio, self.flip, self.cfg = grain["fine_ratio"], data["flip"], cfg
-        self.model = DVAE(cfg["preset"], data["resolution"], dual=self.fine_ratio < 1)
-        self.perceptual = perceptual.build(cfg["perceptual"], config["metrics"])
+        self.thresholds = load_thresholds(study["grain"]["thresholds"], manifest.digest())
+        self.fine_ratio = record["identity"]["grain"]["fine_ratio"]
+        self.flip, self.cfg = data["flip"], cfg
+        self.model = build(record["arch"])
+        self.perceptual = perceptual.build(cfg["perceptual"], study["metrics"])
         self.modules, self.phases = {"model": self.model}, {"generator": self.model}
-        self.disc = PatchDiscriminator() if cfg["gan_weight"] > 0 else None
+        self.disc = build({"kind": "patchgan"}) if cfg["gan_weight"] > 0 else None
         if self.disc is not None:
             self.modules["disc"] = self.phases["discriminator"] = self.disc
         self.net, self.disc_net = self.model, self.disc
@@ -71,52 +90,61 @@ class DVAETask:
         recon, posterior = self.net(x, grain, lambda shape: shard.randn(*shape))
         l1 = (recon - x).abs().mean()
         rec = l1
-        logged = {"l1": l1.item(), "fine_fraction": grain.float().mean().item()}
+        logged = {"l1": l1.detach(), "fine_fraction": grain.float().mean()}
         if self.perceptual is not None:
             p = self.perceptual(recon, x).mean()
             rec = rec + self.cfg["perceptual_weight"] * p
-            logged["perceptual"] = p.item()
+            logged["perceptual"] = p.detach()
         # KL per pixel value, so kl_weight keeps LDM's ratio to the (summed) reconstruction terms.
         kl = posterior.kl().mean() / x[0].numel()
         loss = rec + self.cfg["kl_weight"] * kl
-        logged["kl"] = kl.item()
+        logged["kl"] = kl.detach()
         gan = self.disc is not None and step >= self.cfg["gan_start"]
         if gan:
-            g = -self.disc_net(recon).mean()
+            with frozen(self.disc):  # the critic's own update comes from its phase only
+                g = -self.disc(recon).mean()
             weight = adaptive_weight(rec, g, self.model.last_layer(), self.cfg["gan_adaptive_max"])
             loss = loss + self.cfg["gan_weight"] * weight * g
-            logged.update(g_loss=g.item(), gan_adaptive_weight=weight.item())
-        logged["loss"] = loss.item()
+            logged.update(g_loss=g.detach(), gan_adaptive_weight=weight.detach())
+        logged["loss"] = loss.detach()
         yield "generator", loss, logged
         if gan:
             d = hinge_d_loss(self.disc_net(x), self.disc_net(recon.detach()))
-            yield "discriminator", d, {"d_loss": d.item()}
+            yield "discriminator", d, {"d_loss": d.detach()}
 
 
-def train_dvae(config: dict, out: Path) -> dict:
-    seed_all(config["seed"])  # the model's initial weights
-    task = DVAETask(config)
-    return train(task, config["dvae"]["train"], out, run_config(config), config["tracking"], config["seed"],
-                 loader_workers(config["data"]["num_workers"]))
+def train_dvae(study: dict, fine_ratio: float, seed: int, out: Path) -> dict:
+    record = run_record(study, fine_ratio, seed)
+    seed_all(seed)  # the model's initial weights
+    task = DVAETask(study, record)
+    return train(task, study["dvae"]["train"], out, record, study["tracking"], seed,
+                 loader_workers(study["data"]["num_workers"]))
 
 
-def load_dvae(run_dir: Path) -> tuple[DVAE, dict]:
-    """The EMA (else raw) DVAE of a finished run, in eval mode, with the run's config."""
-    weights, run = load_final(run_dir)
-    model = DVAE(run["dvae"]["preset"], run["data"]["resolution"], dual=run["grain"]["fine_ratio"] < 1)
+def load_dvae(run_dir: Path) -> tuple[torch.nn.Module, dict]:
+    """The EMA (else raw) DVAE of a finished run, in eval mode, with the run's record."""
+    weights, record = load_final(run_dir)
+    if record.get("arch", {}).get("kind") != "dvae":
+        raise D2itError(f"{run_dir}: not a DVAE run (its final.pt holds a "
+                        f"{record.get('arch', {}).get('kind', 'pre-study')} model)")
+    model = build(record["arch"])
     model.load_state_dict(weights)
-    return model.eval(), run
+    return model.eval(), record
 
 
-def _batches(config: dict, run: dict, split: str):
+def _batches(study: dict, record: dict, split: str):
     """(uint8 images, labels, grain map) of a split, in order, with the run's grain rule."""
-    manifest = Manifest.load(run["data"]["manifest"])
-    dataset = ImageFolderDataset(manifest, split, run["data"]["resolution"])
-    thresholds = load_thresholds(run["grain"]["thresholds"], manifest.digest())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config["grain"]["batch_size"],
-                                         num_workers=loader_workers(config["data"]["num_workers"]))
+    provenance, identity = record["provenance"], record["identity"]
+    manifest = Manifest.load(provenance["manifest"])
+    if manifest.digest() != provenance["dataset_digest"]:
+        raise D2itError(f"{provenance['manifest']}: not the dataset the DVAE trained on")
+    dataset = ImageFolderDataset(manifest, split, identity["data"]["resolution"])
+    thresholds = load_thresholds(provenance["thresholds"], manifest.digest())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=study["grain"]["batch_size"],
+                                         num_workers=loader_workers(study["data"]["num_workers"]))
     for images, labels in tqdm(loader, desc=f"{split}", unit="batch"):
-        yield images, labels, grain_map(to_signed(images), thresholds, run["grain"]["fine_ratio"])
+        grain = grain_map(to_signed(images), thresholds, identity["grain"]["fine_ratio"])
+        yield images, labels, grain
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -130,58 +158,52 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_recon(config: dict, run_dir: Path, out: Path) -> dict:
-    """PSNR and rFD (EfficientNet-Lite0 features) of the posterior-mean reconstructions of the
-    held-out split."""
-    model, run = load_dvae(run_dir)
+def evaluate_recon(study: dict, run_dir: Path, out: Path) -> dict:
+    """PSNR and rFD of the posterior-mean reconstructions of the held-out split."""
+    model, record = load_dvae(run_dir)
     originals, recons, fine = [], [], []
-    for images, _, grain in _batches(config, run, "heldout"):
+    for images, _, grain in _batches(study, record, "heldout"):
         x = to_signed(images)
         recons.append(to_uint8(model.decode(model.encode(x, grain).latent())))
         originals.append(images)
         fine.append(grain.float().mean())
     originals, recons = torch.cat(originals), torch.cat(recons)
-    n, extractor = len(originals), resolve(config["metrics"])
+    n, extractor = len(originals), resolve(study["metrics"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    stats = [fid_features_to_statistics(extract(x, extractor, config["metrics"]["batch_size"], device)["pool"])
+    batch = study["metrics"]["batch_size"]
+    stats = [fid_features_to_statistics(extract(x, extractor, batch, device)["pool"])
              for x in (recons, originals)]
-    result = {"psnr": psnr(recons, originals).mean().item(), metric_key("rfd", extractor, n): frechet_distance(*stats),
-              "n_images": n, "split": "heldout", "fine_fraction": torch.stack(fine).mean().item(),
+    note = "" if extractor.comparable else " (not comparable to published rFID)"
+    result = {"psnr": psnr(recons, originals).mean().item(),
+              metric_key("rfd", extractor, n): frechet_distance(*stats),
+              "n_images": n, "split": "heldout", "seed": record["identity"]["seed"],
+              "fine_ratio": record["identity"]["grain"]["fine_ratio"],
+              "fine_fraction": torch.stack(fine).mean().item(),
               "extractor": extractor.name, "extractor_sha256": extractor.sha256,
-              "protocol": f"posterior-mean reconstructions of {n} held-out images vs the originals; FD on "
-                          f"{extractor.name} pooled features" + ("" if extractor.comparable else
-                                                                 " (not comparable to published rFID)"),
-              "run": str(run_dir), "run_digest": digest(run)}
+              "protocol": f"posterior-mean reconstructions of {n} held-out images vs the originals; "
+                          f"FD on {extractor.name} pooled features{note}",
+              "run": str(run_dir), "run_digest": digest(record["identity"])}
     write_json_atomic(out, result)
     return result
 
 
 @torch.no_grad()
-def encode_latents(config: dict, run_dir: Path, out: Path) -> dict:
+def encode_latents(study: dict, run_dir: Path, out: Path) -> dict:
     """Cache posterior-mean latents of both splits (and of their mirror images when the run trained
-    with flips), grain maps and labels, plus the scale factor 1/std of the training latents."""
-    model, run = load_dvae(run_dir)
-    views = ["identity", "hflip"] if run["data"]["flip"] else ["identity"]
-    classes = len(Manifest.load(run["data"]["manifest"]).classes)
-    cache = {"views": views, "run_digest": digest(run), "run": run, "dvae_run": str(run_dir), "num_classes": classes,
-             "latents": {}, "grain": {}, "labels": {}}
-    for split in ("train", "heldout"):
-        latents, grains, labels = [], [], []
-        for images, y, grain in _batches(config, run, split):
+    with flips), grain maps and labels, with the scale factor 1 / std of the training latents."""
+    model, record = load_dvae(run_dir)
+    flip = record["identity"]["data"]["flip"]
+    manifest = Manifest.load(record["provenance"]["manifest"])
+    counts = {split: len(manifest.split(split)) for split in ("train", "heldout")}
+    arch = record["arch"]
+    side = arch["resolution"] // model.fine_factor
+    writer = CacheWriter(Path(out), counts, 2 if flip else 1, model.latent_channels, side)
+    for split in counts:
+        for images, labels, grain in _batches(study, record, split):
             x = to_signed(images)
-            per_view = [(x, grain), (x.flip(-1), grain.flip(-1))][:len(views)]
-            latents.append(torch.stack([model.encode(v, g).latent() for v, g in per_view], 1))
-            grains.append(torch.stack([g for _, g in per_view], 1))
-            labels.append(y)
-        cache["latents"][split], cache["grain"][split] = torch.cat(latents), torch.cat(grains)
-        cache["labels"][split] = torch.cat(labels)
-    train_latents = cache["latents"]["train"]
-    cache["scale_factor"] = 1.0 / train_latents.std().item()
-    if not math.isfinite(cache["scale_factor"]):
-        raise D2itError(f"{run_dir}: latents have zero spread; the DVAE is degenerate")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(cache, tmp)
-    os.replace(tmp, out)
-    return {"scale_factor": cache["scale_factor"], "shape": list(train_latents.shape)}
+            views = [(x, grain), (x.flip(-1), grain.flip(-1))][:2 if flip else 1]
+            latents = torch.stack([model.encode(v, g).latent() for v, g in views], 1)
+            writer.add(split, latents, torch.stack([g for _, g in views], 1), labels)
+    meta = writer.finish({"num_classes": len(manifest.classes), "dvae_run": str(run_dir),
+                          "dvae_digest": digest(record["identity"])})
+    return {"cache": str(out), "scale_factor": meta["scale_factor"], "counts": meta["counts"]}

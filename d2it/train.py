@@ -8,6 +8,7 @@ same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,8 +26,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from d2it.config import digest
-from d2it.data.manifest import write_json_atomic
+from d2it.files import atomic, write_json_atomic
 from d2it.errors import D2itError
+from d2it.rng import generator
 from d2it.tracking import Tracker, git_commit
 
 log = logging.getLogger(__name__)
@@ -45,33 +47,53 @@ class Task(Protocol):
     def distribute(self, wrap) -> None:
         """Route forward passes through wrap(module) (DistributedDataParallel under torchrun)."""
 
-    def losses(self, batch, step: int, shard: "Shard") -> Iterator[tuple[str, torch.Tensor, dict[str, float]]]:
-        """Yield (phase, loss, logged values) in order; the loop steps each phase before resuming.
-        Draw randomness through `shard`, so samples do not depend on the number of processes."""
+    def losses(self, batch, step: int, shard: "Shard") -> Iterator[tuple[str, torch.Tensor, dict]]:
+        """Yield (phase, loss, logged values) of one micro-batch in order; the loop accumulates each
+        phase's gradients and steps its optimiser after the step's last micro-batch. Losses are
+        means over the micro-batch's rows. Draw randomness through `shard`, so numbers do not depend on
+        the number of processes or the per-GPU batch."""
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Batch indices for steps start..total-1: epoch e is a permutation seeded by (seed, e), so the
-    batch of any step is known without replaying the ones before it. Rank r of `world` processes
-    gets rows r, r + world, ... of each global batch."""
+    """Micro-batches of steps start..total-1. Epoch e is a permutation seeded by (seed, e), so the
+    batch of any step is known without replaying the ones before it. Of each global batch of
+    `batch_size` rows, rank r of `world` processes takes rows r, r + world, ... and splits them into
+    `rounds` micro-batches of `batch_size / (world * rounds)` rows (gradient accumulation)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0,
+                 world: int = 1, rounds: int = 1):
         if n < batch_size:
             raise D2itError(f"dataset has {n} items, fewer than the batch size {batch_size}")
-        self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
-        self.rank, self.world = rank, world
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.total = start, total
+        self.rank, self.world, self.rounds = rank, world, rounds
         self.per_epoch = n // batch_size
+        self.batch_gpu = batch_size // (world * rounds)
 
     def __len__(self) -> int:
-        return self.total - self.start
+        return (self.total - self.start) * self.rounds
 
     def __iter__(self):
         epoch, perm = None, None
         for step in range(self.start, self.total):
             e, k = divmod(step, self.per_epoch)
             if e != epoch:
-                epoch, perm = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + e))
-            yield perm[k * self.batch_size:(k + 1) * self.batch_size][self.rank::self.world].tolist()
+                gen = torch.Generator().manual_seed(self.seed * 100003 + e)
+                epoch, perm = e, torch.randperm(self.n, generator=gen)
+            mine = perm[k * self.batch_size:(k + 1) * self.batch_size][self.rank::self.world]
+            for r in range(self.rounds):
+                yield mine[r * self.batch_gpu:(r + 1) * self.batch_gpu].tolist()
+
+
+def batch_split(batch_size: int, batch_gpu: int | None, world: int) -> tuple[int, int]:
+    """(per-GPU batch, accumulation rounds) of a global batch over `world` processes (EDM2)."""
+    if batch_size % world:
+        raise D2itError(f"train.batch_size {batch_size} is not a multiple of the {world} processes")
+    batch_gpu = batch_gpu or batch_size // world
+    if batch_size % (batch_gpu * world):
+        raise D2itError(f"train.batch_size {batch_size} is not a multiple of train.batch_gpu "
+                        f"{batch_gpu} x {world} processes")
+    return batch_gpu, batch_size // (batch_gpu * world)
 
 
 def seed_all(seed: int) -> None:
@@ -82,7 +104,8 @@ def seed_all(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
@@ -96,23 +119,25 @@ def _set_rng_state(state: dict) -> None:
 
 def _diff(a, b, prefix="") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
-def claim_run_dir(out: Path, run_config: dict, write: bool = True) -> None:
-    """Record the run's config in out/run.json; refuse a folder that holds a different run."""
-    record = out / "run.json"
-    if record.exists():
-        old = json.loads(record.read_text())
-        if old["digest"] != digest(run_config):
-            changes = "; ".join(_diff(old["config"], run_config)[:5])
-            raise D2itError(f"{out} holds a run of a different config ({changes}): choose another --out "
-                            "or delete the folder")
+def claim_run_dir(out: Path, record: dict, write: bool = True) -> None:
+    """Write the run's record to out/run.json; refuse a folder that holds a different run."""
+    path = out / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("digest") != digest(record):
+            changes = "; ".join(_diff(old.get("record", old.get("config")), record)[:5])
+            raise D2itError(f"{out} holds a run of a different config ({changes}): choose another "
+                            "--out or delete the folder")
         return
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, {"digest": digest(run_config), "config": run_config})
+        write_json_atomic(path, {"digest": digest(record),
+                                 "identity_digest": digest(record["identity"]), "record": record})
 
 
 @dataclass
@@ -131,12 +156,8 @@ class Checkpoints:
     def save(self, state: dict, step: int) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"ckpt-{step:09d}.pt"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic(path, fsync=True) as tmp:
+            torch.save(state, tmp)
         for old in sorted(self.folder.glob(CKPT_GLOB))[:-self.keep]:
             old.unlink()
         return path
@@ -161,26 +182,38 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-@dataclass
 class Shard:
-    """This process's rows of the global batch: row j of the global batch lives on rank j % world.
-    Random draws are made for the whole global batch on the CPU (every rank holds the same RNG
-    state) and sliced, so a sample's randomness does not depend on the number of processes."""
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
+    """This micro-batch's rows of the global batch and their randomness. Row p of the global batch
+    (p = 0 .. batch_size - 1) draws from generators seeded by (seed, step, draw), whatever process
+    and accumulation round holds it: every draw is made for the whole global batch on the CPU and
+    sliced, so a run's numbers do not depend on the number of processes or the per-GPU batch."""
 
-    def _local(self, x: torch.Tensor) -> torch.Tensor:
-        return x[self.rank::self.world].to(self.device)
+    def __init__(self, seed: int, batch_size: int, device: torch.device = torch.device("cpu")):
+        self.seed, self.batch_size, self.device = seed, batch_size, device
+        self.begin(0, torch.arange(batch_size))
+
+    def begin(self, step: int, rows: torch.Tensor) -> None:
+        """Start a micro-batch: global rows `rows` of step `step`."""
+        self.step, self.rows, self.draws = step, rows, 0
+
+    def _generator(self) -> torch.Generator:
+        self.draws += 1
+        return generator(self.seed, "train", self.step, self.draws)
+
+    def _local(self, n: int, x: torch.Tensor) -> torch.Tensor:
+        if n != len(self.rows):
+            raise ValueError(f"drawing for {n} rows, the micro-batch has {len(self.rows)}")
+        return x[self.rows].to(self.device)
 
     def rand(self, n: int, *shape) -> torch.Tensor:
-        return self._local(torch.rand(n * self.world, *shape))
+        return self._local(n, torch.rand(self.batch_size, *shape, generator=self._generator()))
 
     def randn(self, n: int, *shape) -> torch.Tensor:
-        return self._local(torch.randn(n * self.world, *shape))
+        return self._local(n, torch.randn(self.batch_size, *shape, generator=self._generator()))
 
     def randint(self, high: int, n: int) -> torch.Tensor:
-        return self._local(torch.randint(high, (n * self.world,)))
+        draw = torch.randint(high, (self.batch_size,), generator=self._generator())
+        return self._local(n, draw)
 
 
 class Distributed:
@@ -188,24 +221,35 @@ class Distributed:
 
     def __init__(self):
         self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+        self.rank = int(os.environ.get("RANK", 0))
+        local = int(os.environ.get("LOCAL_RANK", 0))
         cuda = torch.cuda.is_available()
         self.device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(self.device)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as DiT's scripts
+            torch.backends.cuda.matmul.allow_tf32 = True  # as DiT's scripts
+            torch.backends.cudnn.allow_tf32 = True
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if cuda else "gloo")
         self.main = self.rank == 0
-
-    def shard(self) -> Shard:
-        return Shard(self.rank, self.world, self.device)
+        self.wrapped: list[torch.nn.parallel.DistributedDataParallel] = []
 
     def wrap(self, module: torch.nn.Module, find_unused: bool = False) -> torch.nn.Module:
         if self.world == 1:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
+        ddp = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids,
+                                                        find_unused_parameters=find_unused)
+        self.wrapped.append(ddp)
+        return ddp
+
+    def sync(self, enabled: bool) -> contextlib.ExitStack:
+        """Gradient all-reduce on (the last accumulation round) or off (the rounds before it)."""
+        stack = contextlib.ExitStack()
+        if not enabled:
+            for ddp in self.wrapped:
+                stack.enter_context(ddp.no_sync())
+        return stack
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Average logged values over processes (each holds the mean of its rows)."""
@@ -215,6 +259,14 @@ class Distributed:
         t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return dict(zip(keys, (t / self.world).tolist()))
+
+    def gather(self, value) -> list:
+        """Every process's `value`, in rank order."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        torch.distributed.all_gather_object(values, value)
+        return values
 
     def any(self, flag: bool) -> bool:
         if self.world == 1:
@@ -233,27 +285,52 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
 
 
-def train(task: Task, cfg: dict, out: Path, run_config: dict, tracking: dict, seed: int, num_workers: int = 0) -> dict:
+def memory() -> dict[str, float]:
+    """This process's resident memory in MiB: anonymous (what it allocated), file-backed (pages of
+    mapped files it touched, e.g. its rows of a latent cache; the kernel can drop them) and peak."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024  # kB
+    return {"rss_anon_mib": fields.get("RssAnon"), "rss_file_mib": fields.get("RssFile"),
+            "peak_rss_mib": fields.get("VmHWM")}
+
+
+def _phase_losses(task: Task, batch, step: int, shard: Shard, device: torch.device, bf16: bool):
+    """The task's (phase, loss, logged values) of one micro-batch, each computed under autocast."""
+    phases = task.losses(batch, step, shard)
+    while True:
+        with autocast(device, bf16):
+            item = next(phases, None)
+        if item is None:
+            return
+        yield item
+
+
+def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: int,
+          num_workers: int = 0) -> dict:
     """Train to cfg["steps"] (resuming from out/checkpoints); returns the summary also written to
-    out/summary.json. `run_config` identifies the run: a folder holding another one is refused.
-    Under torchrun every process runs this; rank 0 writes checkpoints, logs and the final weights."""
+    out/summary.json. `record` describes the run (identity, architecture, inputs): a folder holding
+    another run is refused, and final.pt carries it so the run rebuilds from that file alone.
+    Under torchrun every process runs this; rank 0 writes checkpoints, logs and final weights."""
     out, dist = Path(out), Distributed()
-    if cfg["batch_size"] % dist.world:
-        raise D2itError(f"batch_size {cfg['batch_size']} is not divisible by the {dist.world} processes")
-    claim_run_dir(out, run_config, write=dist.main)
+    batch_gpu, rounds = batch_split(cfg["batch_size"], cfg["batch_gpu"], dist.world)
+    claim_run_dir(out, record, write=dist.main)
     dist.barrier()
     ckpts = Checkpoints(out / "checkpoints", cfg["keep_ckpts"])
     if dist.main:
-        for stale in ckpts.folder.glob("*.tmp"):
+        for stale in ckpts.folder.glob(".*.tmp*"):  # left by a killed writer
             stale.unlink()
     task.to(dist.device)
     model = task.modules["model"]
-    optimisers = {name: torch.optim.AdamW(module.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                                          weight_decay=cfg["weight_decay"])
+    optimisers = {name: torch.optim.AdamW(module.parameters(), lr=cfg["lr"],
+                                          betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
                   for name, module in task.phases.items()}
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
            if cfg["ema"] is not None else None)
 
+    # Resume
     seed_all(seed + 1)  # distinct from the model-init seed; restored from the checkpoint on resume
     step, elapsed = 0, 0.0
     state = ckpts.newest()
@@ -275,47 +352,67 @@ def train(task: Task, cfg: dict, out: Path, run_config: dict, tracking: dict, se
                 "optimisers": {n: o.state_dict() for n, o in optimisers.items()},
                 "ema": ema.state_dict() if ema is not None else None}
 
-    tracker = Tracker(out, tracking["uri"] if dist.main else None, tracking["experiment"], f"{task.name}:{out.name}",
-                      params=run_config, tags={"d2it.task": task.name, "d2it.config_digest": digest(run_config),
-                                               "d2it.git_commit": git_commit(), "d2it.out": str(out.resolve()),
-                                               "d2it.world_size": str(dist.world)},
+    # Data: this rank's micro-batches, `rounds` per step
+    identity = record["identity"]
+    tracker = Tracker(out, tracking["uri"] if dist.main else None, tracking["experiment"],
+                      f"{task.name}:{out.name}", params=identity,
+                      tags={"d2it.task": task.name, "d2it.config_digest": digest(identity),
+                            "d2it.git_commit": git_commit(), "d2it.out": str(out.resolve()),
+                            "d2it.world_size": str(dist.world)},
                       resume_step=step, write=dist.main)
-    batches = EpochBatches(len(task.dataset), cfg["batch_size"], seed, step, cfg["steps"], dist.rank, dist.world)
-    loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=batches, num_workers=num_workers,
-                                         generator=torch.Generator().manual_seed(seed))  # keeps global RNG untouched
-    shard, sums, count, status = dist.shard(), {}, 0, "FAILED"
+    batches = EpochBatches(len(task.dataset), cfg["batch_size"], seed, step, cfg["steps"],
+                           dist.rank, dist.world, rounds)
+    loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=batches,
+                                         num_workers=num_workers,
+                                         generator=torch.Generator().manual_seed(seed))  # keeps global RNG
+    micro_batches = iter(loader)
+    shard = Shard(seed, cfg["batch_size"], dist.device)
+    sums, count, status = {}, 0, "FAILED"
     for module in task.modules.values():
         module.train()
     try:
-        with _Signals() as signals, tqdm(total=cfg["steps"], initial=step, desc=f"train {task.name}", unit="step",
-                                         dynamic_ncols=True, disable=not dist.main) as bar:
+        with _Signals() as signals, tqdm(total=cfg["steps"], initial=step, unit="step",
+                                         desc=f"train {task.name}", dynamic_ncols=True,
+                                         disable=not dist.main) as bar:
             start = time.perf_counter() - elapsed
-            for batch in loader:
-                batch = [b.to(dist.device) for b in batch]
-                phases = task.losses(batch, step, shard)
-                while True:
-                    with autocast(dist.device, cfg["bf16"]):
-                        item = next(phases, None)
-                    if item is None:
-                        break
-                    phase, loss, logged = item
-                    if not torch.isfinite(loss):
-                        raise D2itError(f"{out}: non-finite {phase} loss ({loss.item()}) at step {step}; stopped, "
-                                        f"the last good checkpoint stays in {ckpts.folder}")
-                    optimisers[phase].zero_grad(set_to_none=True)
-                    loss.backward()
+            while step < cfg["steps"]:
+                # Accumulate gradients over the rounds; all-reduce them in the last one
+                stepped = set()
+                for r in range(rounds):
+                    batch = [b.to(dist.device) for b in next(micro_batches)]
+                    first = dist.rank + dist.world * r * batch_gpu  # this micro-batch's first row
+                    shard.begin(step, torch.arange(first, cfg["batch_size"], dist.world)[:batch_gpu])
+                    with dist.sync(r == rounds - 1):
+                        for phase, loss, logged in _phase_losses(task, batch, step, shard, dist.device,
+                                                                 cfg["bf16"]):
+                            if not torch.isfinite(loss):
+                                raise D2itError(f"{out}: non-finite {phase} loss ({loss.item()}) at "
+                                                f"step {step}; stopped, the last good checkpoint "
+                                                f"stays in {ckpts.folder}")
+                            if phase not in stepped:
+                                optimisers[phase].zero_grad(set_to_none=True)
+                                stepped.add(phase)
+                            (loss / rounds).backward()
+                            for k, v in logged.items():
+                                v = torch.as_tensor(v).detach().float() / rounds
+                                sums[k] = sums.get(k, 0.0) + v
+
+                # Optimiser steps, EMA
+                for phase in stepped:
                     if cfg["grad_clip"]:
-                        torch.nn.utils.clip_grad_norm_(task.phases[phase].parameters(), cfg["grad_clip"])
+                        params = task.phases[phase].parameters()
+                        torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
                     optimisers[phase].step()
-                    for k, v in logged.items():
-                        sums[k] = sums.get(k, 0.0) + v
                 if ema is not None:
                     ema.update_parameters(model)
-                step, count = step + 1, count + 1
+                step += 1
+                count += 1
                 elapsed = time.perf_counter() - start
                 bar.update()
+
+                # Logging, checkpoints, pre-emption
                 if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-                    means = dist.mean({k: v / count for k, v in sums.items()})
+                    means = dist.mean({k: v.item() / count for k, v in sums.items()})
                     tracker.log({**means, "steps_per_s": step / max(elapsed, 1e-9)}, step)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
                     sums, count = {}, 0
@@ -326,22 +423,25 @@ def train(task: Task, cfg: dict, out: Path, run_config: dict, tracking: dict, se
                     dist.barrier()
                 if stop:
                     status, signum = "KILLED", signals.received or signal.SIGTERM
-                    log.warning("%s: signal %d, checkpoint at step %d saved; exiting", out, signum, step)
+                    log.warning("%s: signal %d, checkpoint at step %d saved; exiting", out, signum,
+                                step)
                     sys.exit(128 + signum)
         status = "FINISHED"
     finally:
         if status != "FINISHED":
             tracker.finish(status)
 
-    summary = {"task": task.name, "steps": step, "minutes": elapsed / 60, "steps_per_s": step / max(elapsed, 1e-9),
-               "world_size": dist.world, "device": str(dist.device),
-               "final": json.loads(tracker.jsonl.read_text().splitlines()[-1]) if tracker.jsonl.exists() else {}}
+    lines = tracker.jsonl.read_text().splitlines() if tracker.jsonl.exists() else []
+    final_log = json.loads(lines[-1]) if lines else {}
+    summary = {"task": task.name, "steps": step, "minutes": elapsed / 60,
+               "steps_per_s": step / max(elapsed, 1e-9), "world_size": dist.world,
+               "batch_gpu": batch_gpu, "accumulation_rounds": rounds, "device": str(dist.device),
+               "memory": dist.gather(memory()), "final": final_log}
     if dist.main:
         final = {"step": step, "model": model.state_dict(),
-                 "ema": ema.module.state_dict() if ema is not None else None, "run": run_config}
-        tmp = out / "final.pt.tmp"
-        torch.save(final, tmp)
-        os.replace(tmp, out / "final.pt")
+                 "ema": ema.module.state_dict() if ema is not None else None, "run": record}
+        with atomic(out / "final.pt") as tmp:
+            torch.save(final, tmp)
         write_json_atomic(out / "summary.json", summary)
         tracker.finish()
     dist.barrier()
@@ -349,7 +449,7 @@ def train(task: Task, cfg: dict, out: Path, run_config: dict, tracking: dict, se
 
 
 def load_final(out: Path, ema: bool = True) -> tuple[dict, dict]:
-    """(weights, run config) of a finished run; the EMA weights where the run kept them."""
+    """(weights, run record) of a finished run; the EMA weights where the run kept them."""
     path = Path(out) / "final.pt"
     if not path.exists():
         raise D2itError(f"{out}: no final.pt (is the training finished?)")

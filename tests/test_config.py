@@ -1,55 +1,95 @@
-"""Config validation: defaults, unknown keys, bad values, consistency, and the workflow's DAG."""
+"""Study configs: schema defaults, one error naming the key for every bad value, cross-references."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from d2it import config
+from d2it import config, study
 from d2it.errors import D2itError
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CPU = REPO / "config" / "cpu.yaml"
 
 
-def test_default_config_validates_and_fills_paper_defaults():
-    cfg = config.load(REPO / "config" / "config.yaml")
+def test_default_study_validates_and_fills_paper_defaults():
+    cfg = study.load(CPU)
     assert cfg["grain"]["sigma"] == 0.01 and cfg["dvae"]["kl_weight"] == 1e-6
     assert cfg["dvae"]["train"]["weight_decay"] == 0.0  # filled from the schema inside $defs
+    assert cfg["specs"]["d2it"]["routing"] is True and cfg["specs"]["d2it"]["fine_ratio"] == 0.5
+    assert cfg["specs"]["dit"]["fine_ratio"] == 1.0 and cfg["specs"]["dit"]["patch"] == 2
+    assert cfg["tracking"]["experiment"] == "d2it-cpu"
 
 
 def test_shared_definition_takes_its_own_default_and_rejects_bad_values():
-    cfg = config.validate({})
+    cfg = config.validate({"name": "t"})
     assert cfg["data"]["num_workers"] == 0 and cfg["metrics"]["num_workers"] == "auto"
-    assert config.validate({"data": {"num_workers": "auto"}})["data"]["num_workers"] == "auto"
+    assert config.validate({"name": "t", "data": {"num_workers": "auto"}})["data"]["num_workers"] == "auto"
     with pytest.raises(D2itError, match=r"metrics\.num_workers: 'many' is not valid"):
-        config.validate({"metrics": {"num_workers": "many"}})
+        config.validate({"name": "t", "metrics": {"num_workers": "many"}})
+    with pytest.raises(D2itError, match=r"'name' is a required property"):
+        config.validate({})
 
 
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"grain": {"fine_ratoi": 0.5}}))
+    path.write_text(yaml.safe_dump({"name": "t", "grain": {"fine_ratoi": 0.5}}))
     with pytest.raises(D2itError, match=r"c\.yaml: grain: .*'fine_ratoi' was unexpected"):
         config.load(path)
 
 
-def test_fine_ratio_outside_unit_interval_is_named():
-    with pytest.raises(D2itError, match=r"grain\.fine_ratio: 1\.5 is greater than the maximum of 1"):
-        config.load(REPO / "config" / "config.yaml", ["grain.fine_ratio=1.5"])
-    with pytest.raises(D2itError, match=r"grain\.fine_ratio: -0\.2 is less than the minimum of 0"):
-        config.load(REPO / "config" / "config.yaml", ["grain.fine_ratio=-0.2"])
+def test_spec_keys_are_checked_per_kind(tmp_path):
+    cpu = yaml.safe_load(CPU.read_text())
+    cpu["specs"]["dit"]["refine_depth"] = 1  # a D²iT key on a DiT spec
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cpu))
+    with pytest.raises(D2itError, match=r"c\.yaml: specs\.dit: .*'refine_depth' was unexpected"):
+        study.load(tmp_path / "c.yaml")
+    with pytest.raises(D2itError, match=r"specs\.d2it\.fine_ratio: 1\.5 is greater than the maximum of 1"):
+        study.load(CPU, ["specs.d2it.fine_ratio=1.5"])
+    with pytest.raises(D2itError, match=r"specs\.dgt\.heads: 0 is less than the minimum of 1"):
+        study.load(CPU, ["specs.dgt.heads=0"])
+    with pytest.raises(D2itError, match=r"specs\.dit\.kind: 'vit' is not one of"):
+        study.load(CPU, ["specs.dit.kind=vit"])
+
+
+def test_references_between_rows_and_specs_are_named():
+    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.dit_xl\.spec: 'ditt' is not a dit or d2it "
+                                        r"spec \(known: d2it, .*dit\)"):
+        study.load(CPU, ["tables.table2.rows.dit_xl.spec=ditt"])
+    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.dit_xl\.spec: 'dgt' is not a dit or d2it"):
+        study.load(CPU, ["tables.table2.rows.dit_xl.spec=dgt"])
+    with pytest.raises(D2itError, match=r"specs\.d2it\.grain_model: 'dit' is not a grain spec"):
+        study.load(CPU, ["specs.d2it.grain_model=dit"])
+    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.d2it_xl: grain_source predicted needs "
+                                        r"specs\.d2it\.grain_model"):
+        study.load(CPU, ["specs.d2it.grain_model=null"])
+    with pytest.raises(D2itError, match=r"specs\.d2it: refine_depth 5 is outside \[0, depth = 4\]"):
+        study.load(CPU, ["specs.d2it.refine_depth=5"])
+    with pytest.raises(D2itError, match=r"figures\.fig4\.classes: 10 is not a class of data\.classes = 10"):
+        study.load(CPU, ["figures.fig4.classes=[10]"])
+
+
+def test_guidance_needs_labels_to_drop(tmp_path):
+    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.dit_xl_g\.cfg_scale: 1\.5 needs "
+                                        r"class-conditional data"):
+        study.load(CPU, ["data.classes=1"])
+    with pytest.raises(D2itError, match=r"rows\.dit_xl_g\.cfg_scale: 1\.5 needs .*class_dropout > 0"):
+        study.load(CPU, ["specs.dit.class_dropout=0"])
 
 
 def test_unknown_override_and_inconsistent_region():
-    with pytest.raises(D2itError, match="unknown config key 'grain.ratio'"):
-        config.load(REPO / "config" / "config.yaml", ["grain.ratio=0.5"])
+    with pytest.raises(D2itError, match=r"with --set grain\.ratio=0\.5: grain: .*'ratio' was unexpected"):
+        study.load(CPU, ["grain.ratio=0.5"])
+    with pytest.raises(D2itError, match="unknown config key 'grian.ratio'"):
+        study.load(CPU, ["grian.ratio=0.5"])
     with pytest.raises(D2itError, match="grain.region = 8 must be one coarse latent cell"):
-        config.load(REPO / "config" / "config.yaml", ["grain.region=8"])
+        study.load(CPU, ["grain.region=8"])
 
 
 def test_cli_reports_one_line_error_and_exit_code_2(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("dvae: {preset: huge}\n")
+    path.write_text("name: t\ndvae: {preset: huge}\n")
     proc = subprocess.run([sys.executable, "-m", "d2it.cli", "grain", "thresholds", "--config", str(path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
@@ -57,22 +97,15 @@ def test_cli_reports_one_line_error_and_exit_code_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_workflow_dag_resolves():
-    snakemake = Path(sys.executable).parent / "snakemake"
-    targets = ["results/dvae_recon.csv", *(f"results/table{n}.csv" for n in (2, 3, 4, 5)), "results/fig3.png",
-               "results/fig4.png"]
-    proc = subprocess.run([snakemake, "-n", *targets], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-
-
 @pytest.mark.parametrize("name", ["ffhq256.yaml", "imagenet256.yaml"])
-def test_paper_configs_validate(name):
-    cfg = config.load(REPO / "config" / name)
+def test_paper_studies_validate(name):
+    cfg = study.load(REPO / "config" / name)
     assert cfg["data"]["resolution"] == 256 and cfg["grain"]["region"] == 16 and cfg["grain"]["bins"] == 256
+    assert cfg["train"]["batch_size"] == 256 and cfg["sampling"]["steps"] == 250
 
 
 def test_yaml_aliases_do_not_couple_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("dit: {train: &t {steps: 5}}\nd2it: {train: *t}\n")
-    cfg = config.load(path, ["dit.train.steps=9"])
-    assert cfg["dit"]["train"]["steps"] == 9 and cfg["d2it"]["train"]["steps"] == 5
+    path.write_text("name: t\ntrain: &t {steps: 5}\ndvae: {train: *t}\n")
+    cfg = config.load(path, ["train.steps=9"])
+    assert cfg["train"]["steps"] == 9 and cfg["dvae"]["train"]["steps"] == 5

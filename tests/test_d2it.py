@@ -61,8 +61,10 @@ def test_reverse_steps_stay_on_the_grain_subspace(grain):
 
 
 def test_dynamic_grain_loss_weighs_each_grain_equally_whatever_its_area():
+    torch.manual_seed(0)
     for fine_share in (0.1, 0.5, 0.9):
         grain = torch.rand(4, 8, 8) < fine_share
+        grain[:, 0, 0], grain[:, 0, 1] = True, False  # every image has both grains
         fine_pos = expand(grain)
         coarse_err = torch.where(fine_pos, 0.0, 2.0)   # error 2 on every coarse region
         fine_err = torch.where(fine_pos, 2.0, 0.0)     # error 2 on every fine region
@@ -70,11 +72,26 @@ def test_dynamic_grain_loss_weighs_each_grain_equally_whatever_its_area():
         assert dynamic_grain_loss(fine_err, grain, 1.0, 1.0) == pytest.approx(2.0)
         # the plain mean over the latent grid weighs them by area instead
         assert coarse_err.mean() == pytest.approx(2 * (1 - fine_pos.float().mean()))
-    loss_map = expand(torch.rand(2, 3, 3)) + expand(torch.rand(2, 3, 3) < 0.5) * torch.rand(2, 6, 6)
-    grain = torch.rand(2, 3, 3) < 0.5
+
+
+def test_dynamic_grain_loss_is_a_mean_over_images():
+    """Per image: λ_c x its coarse regions' mean (one value per 2x2 block) + λ_f x its fine
+    positions' mean; a grain the image lacks adds 0. So any split of a batch averages to the same."""
+    torch.manual_seed(1)
+    grain = torch.rand(5, 3, 3) < 0.5
+    grain[3] = True  # an image without coarse regions
+    grain[4] = False  # and one without fine regions
+    loss_map = torch.rand(5, 6, 6)
     loss_map = torch.where(expand(grain), loss_map, expand(block_mean(loss_map[:, None])[:, 0]))
-    expected = 0.3 * block_mean(loss_map[:, None])[:, 0][~grain].mean() + 0.7 * loss_map[expand(grain)].mean()
-    assert dynamic_grain_loss(loss_map, grain, 0.3, 0.7) == pytest.approx(expected.item())
+    expected = []
+    for m, g in zip(loss_map, grain):
+        coarse = block_mean(m[None, None])[0, 0][~g]
+        fine = m[expand(g)]
+        expected.append(0.3 * (coarse.mean() if len(coarse) else 0) + 0.7 * (fine.mean() if len(fine) else 0))
+    assert dynamic_grain_loss(loss_map, grain, 0.3, 0.7) == pytest.approx(torch.stack(expected).mean().item())
+    halves = [dynamic_grain_loss(loss_map[i], grain[i], 0.3, 0.7) for i in (slice(0, 2), slice(2, 4))]
+    four = dynamic_grain_loss(loss_map[:4], grain[:4], 0.3, 0.7)
+    assert four == pytest.approx(((halves[0] + halves[1]) / 2).item())
 
 
 def test_routing_switch(grain):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from baselines.dit import MODELS, dit, load_official
-from d2it.nn.dit import DiT
+from d2it.models.dit import DiT
 
 DATA = Path(__file__).parent / "data"
 

@@ -4,11 +4,11 @@ import torch
 import torchvision
 from torch.distributions import Normal, kl_divergence
 
-from d2it.dvae import DVAE
+from d2it.models.dvae import DVAE
 from d2it.errors import D2itError
 from d2it.grain import expand
 from d2it.metrics.effnet import EffNetPerceptual
-from d2it.nn.patchgan import adaptive_weight
+from d2it.models.patchgan import adaptive_weight
 from d2it.nn.posembed import sincos_2d
 from d2it.perceptual import LPIPS
 

@@ -14,9 +14,9 @@ from d2it.data.folder import ImageFolderDataset, load_all
 from d2it.data.manifest import Manifest
 from d2it.errors import D2itError
 from d2it.metrics.degrade import LEVELS, noise
-from d2it.metrics.evaluate import (UInt8Images, adm_reference, compare, extract, frechet_distance, metric_key,
+from d2it.metrics.evaluate import (UInt8Images, adm_reference, compare, extract, frechet_distance,
                                    reference_stats)
-from d2it.metrics.extractors import INCEPTION_FILE, resolve
+from d2it.metrics.extractors import INCEPTION_FILE, metric_key, resolve
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
 CPU = torch.device("cpu")
@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def effnet_extractor():
-    return resolve(config.validate({})["metrics"] | {"extractor": "effnet"})
+    return resolve(config.validate({"name": "t"})["metrics"] | {"extractor": "effnet"})
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_fd_grows_with_degradation(images, features, effnet_extractor, degrade, 
 
 
 def test_precision_recall_and_is_limits(images, features, effnet_extractor):
-    cfg = config.validate({})["metrics"] | {"bootstrap": 20, "kid_subset_size": 50}
+    cfg = config.validate({"name": "t"})["metrics"] | {"bootstrap": 20, "kid_subset_size": 50}
     ref = {**fid_features_to_statistics(features["pool"]), "features": features["pool"]}
     own = compare(features, ref, effnet_extractor, cfg, seed=0)
     n = len(images)
@@ -103,7 +103,7 @@ def test_keys_name_their_protocol(effnet_extractor):
 
 
 def test_reference_statistics_are_computed_once(images, effnet_extractor, tmp_path):
-    cfg = config.validate({})["metrics"] | {"reference_features": 50}
+    cfg = config.validate({"name": "t"})["metrics"] | {"reference_features": 50}
     key = {"dataset": "abc", "split": "train", "resolution": 32}
     first = reference_stats(lambda: images[:80], key, tmp_path, effnet_extractor, cfg, CPU)
     again = reference_stats(lambda: pytest.fail("recomputed"), key, tmp_path, effnet_extractor, cfg, CPU)
@@ -112,7 +112,8 @@ def test_reference_statistics_are_computed_once(images, effnet_extractor, tmp_pa
 
 def test_metrics_cli_runs_offline(dataset, images, features, tmp_path):
     np.savez(tmp_path / "s.npz", arr_0=images[:60].permute(0, 2, 3, 1).numpy())
-    cfg = config.validate({"data": {"manifest": str(dataset), "resolution": 32}, "grain": {"region": 4},
+    cfg = config.validate({"name": "t", "data": {"manifest": str(dataset), "resolution": 32},
+                           "grain": {"region": 4},
                            "dvae": {"preset": "tiny"},
                            "metrics": {"reference": "heldout", "reference_dir": str(tmp_path / "ref"),
                                        "bootstrap": 10, "kid_subset_size": 40}})
@@ -146,7 +147,7 @@ def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeyp
     skeleton = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     monkeypatch.undo()
     torch.save(skeleton.state_dict(), tmp_path / INCEPTION_FILE)
-    extractor = resolve(config.validate({})["metrics"] | {"inception_weights": str(tmp_path / INCEPTION_FILE)})
+    extractor = resolve(config.validate({"name": "t"})["metrics"] | {"inception_weights": str(tmp_path / INCEPTION_FILE)})
     assert extractor.short == "inception" and extractor.comparable
     feats = extract(images[:8], extractor, 8, CPU)
     assert feats["pool"].shape == (8, 2048) and torch.isfinite(feats["pool"]).all()
@@ -154,7 +155,7 @@ def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeyp
     # an ADM reference batch: whole-training-set mu / sigma plus images for precision and recall
     np.savez(tmp_path / "VIRTUAL_ref.npz", arr_0=images[8:20].permute(0, 2, 3, 1).numpy(), mu=np.zeros(2048),
              sigma=np.eye(2048))
-    cfg = config.validate({})["metrics"] | {"bootstrap": 0, "kid_subset_size": 8}
+    cfg = config.validate({"name": "t"})["metrics"] | {"bootstrap": 0, "kid_subset_size": 8}
     ref = adm_reference(tmp_path / "VIRTUAL_ref.npz", extractor, cfg, CPU)
     result = compare(feats, ref, extractor, cfg, seed=0)
     assert result["fd_inception_8"] == pytest.approx(
@@ -167,7 +168,7 @@ def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeyp
 
 def test_auto_falls_back_to_effnet_without_inception_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    extractor = resolve(config.validate({})["metrics"])
+    extractor = resolve(config.validate({"name": "t"})["metrics"])
     assert extractor.short == "effnet" and not extractor.comparable
     with pytest.raises(D2itError, match="metrics.inception_weights: .*missing.pth is not a file"):
-        resolve(config.validate({})["metrics"] | {"inception_weights": str(tmp_path / "missing.pth")})
+        resolve(config.validate({"name": "t"})["metrics"] | {"inception_weights": str(tmp_path / "missing.pth")})

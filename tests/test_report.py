@@ -7,53 +7,80 @@ import torch
 
 from baselines.dit import dit
 from d2it.errors import D2itError
-from d2it.metrics.evaluate import metric_key
+from d2it.metrics.extractors import metric_key
 from d2it.metrics.extractors import Extractor
-from d2it.report.tables import PAPER, paper_table, sample_sets
+from d2it import study as studies
+from d2it.report.tables import PAPER, paper_table
+from tests_support import tiny_study
 
 
 EFFNET = Extractor("effnet-lite0", "effnet", ("pool", "logits"), None, None, False)
 INCEPTION = Extractor("inception-v3-compat", "inception", ("2048", "logits_unbiased"), None, None, True)
 
 
-def write_metrics(folder, name, fd, extractor=EFFNET, n=1000):
+def write_metrics(path, fd, extractor=EFFNET, n=1000):
     keys = {m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")}
     data = {keys["fd"]: fd, keys["fd"] + "_ci95": [fd - 1, fd + 1], keys["is"]: 2.0, keys["kid"]: 0.1,
-            keys["precision"]: 0.5, keys["recall"]: 0.4, "keys": keys, "protocol": "test protocol",
-            "sampling": {"params_M": 1.5, "cfg_scale": 1.0, "grain_source": None}}
-    path = folder / f"{name}.json"
+            keys["precision"]: 0.5, keys["recall"]: 0.4, "keys": keys, "protocol": "test protocol"}
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
-    return path
 
 
-def test_table_puts_paper_values_and_ours_in_separate_named_columns(tmp_path):
-    files = {name: write_metrics(tmp_path, name, 100.0 + i) for i, name in enumerate(sample_sets("table2"))}
-    table = paper_table("table2", files)
-    assert list(table["method"]) == [row["method"] for row in PAPER["table2"]["rows"]]
+@pytest.fixture
+def table2_plan(tmp_path, dataset):
+    """The tiny study with the paper's four Table 2 rows (guided rows on the same specs)."""
+    rows = {"dit_xl": {"spec": "dit"}, "d2it_xl": {"spec": "d2it"},
+            "dit_xl_g": {"spec": "dit", "cfg_scale": 1.5}, "d2it_xl_g": {"spec": "d2it", "cfg_scale": 1.5}}
+    return studies.plan(studies.resolve(tiny_study(tmp_path, dataset, tables={"table2": {"rows": rows}}), "t"))
+
+
+def test_table_puts_paper_values_and_ours_in_separate_named_columns(table2_plan):
+    for i, row in enumerate(table2_plan.table_rows("table2")):
+        write_metrics(row.sample_sets[0].metrics, 100.0 + i)
+    table = paper_table(table2_plan, "table2")
+    assert list(table["method"]) == [row["method"] for row in PAPER["table2"]["rows"].values()]
     assert list(table["paper FID-50K"]) == [9.62, 5.74, 2.27, 1.73]  # the paper's, verbatim
     assert list(table["fd_effnet_1k"]) == [100.0, 101.0, 102.0, 103.0]
     assert list(table["fd_effnet_1k_ci95_low"]) == [99.0, 100.0, 101.0, 102.0]
     assert "fid50k" not in table.columns  # an EfficientNet FD never goes under an FID name
+    assert list(table["ours"][:2]) == ["DiT-tiny/2", "D²iT-tiny (3+1, r=0.5)"]  # the spec, by its name
+    assert list(table["cfg_scale"]) == [1.0, 1.0, 1.5, 1.5]
 
 
-def test_inception_at_the_paper_count_gets_the_paper_metric_name(tmp_path):
-    files = {name: write_metrics(tmp_path, name, 5.0, INCEPTION, 50_000) for name in sample_sets("table2")}
-    assert list(paper_table("table2", files)["fid50k"]) == [5.0] * 4
+def test_inception_at_the_paper_count_gets_the_paper_metric_name(table2_plan):
+    for row in table2_plan.table_rows("table2"):
+        write_metrics(row.sample_sets[0].metrics, 5.0, INCEPTION, 50_000)
+    assert list(paper_table(table2_plan, "table2")["fid50k"]) == [5.0] * 4
 
 
-def test_missing_sample_set_is_named(tmp_path):
-    files = {name: write_metrics(tmp_path, name, 1.0) for name in sample_sets("table5")[1:]}
-    with pytest.raises(D2itError, match="no metrics for sample set 'd2it_random'"):
-        paper_table("table5", files)
-    with pytest.raises(D2itError, match="no paper table 'table9'"):
-        paper_table("table9", files)
+def test_rows_over_seeds_report_mean_and_spread(tmp_path, dataset):
+    rows = {"d2it_xl": {"spec": "d2it", "seeds": [0, 1, 2]}}
+    plan = studies.plan(studies.resolve(tiny_study(tmp_path, dataset, tables={"table2": {"rows": rows}}), "t"))
+    (row,) = plan.table_rows("table2")
+    assert [ss.run.seed for ss in row.sample_sets] == [0, 1, 2]
+    for fd, ss in zip((10.0, 12.0, 17.0), row.sample_sets):
+        write_metrics(ss.metrics, fd)
+    table = paper_table(plan, "table2")
+    assert table["fd_effnet_1k"].item() == pytest.approx(13.0)
+    assert table["fd_effnet_1k_std"].item() == pytest.approx(np.std([10, 12, 17], ddof=1))
+    assert table["seeds"].item() == "0 1 2" and table["fd_effnet_1k_ci95_low"].isna().all()
+
+
+def test_missing_metrics_are_named(table2_plan):
+    rows = table2_plan.table_rows("table2")
+    for row in rows[1:]:
+        write_metrics(row.sample_sets[0].metrics, 1.0)
+    with pytest.raises(D2itError, match=r"table2: no metrics .*dit-tiny.* for row 'dit_xl'"):
+        paper_table(table2_plan, "table2")
+    with pytest.raises(D2itError, match="has no table 'table9'"):
+        paper_table(table2_plan, "table9")
 
 
 def test_paper_dit_sizes_match_the_official_parameter_count():
     """The paper's DiT-XL 675 M is DiT-XL/2 as the official code builds it (675,129,632)."""
     with torch.device("meta"):  # shapes only
         xl = sum(p.numel() for p in dit("XL/2").parameters())
-    for row in PAPER["table2"]["rows"]:
+    for row in PAPER["table2"]["rows"].values():
         if row["method"].startswith("DiT-XL"):
             assert row["params_M"] == round(xl / 1e6)
 

@@ -1,46 +1,94 @@
 """Stage-2 training and sampling end to end on a tiny latent cache."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from d2it import config
+from d2it.data.latents import LatentCache
+from d2it.errors import D2itError
+from d2it.models import build
 from d2it.report.figures import overlay
 from d2it.sample import sample
-from d2it.stage2 import train_latent_model
+from d2it.stage2 import D2iTTask, train_model
+from d2it.train import Shard
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, dataset, latent_cache, trained):
-    """Tiny DiT, D²iT and grain models trained a few steps on the cache (wiring, not quality)."""
-    train = {"steps": 3, "batch_size": 8, "ema": 0.5, "ckpt_every": 3, "log_every": 1}
-    cfg = config.validate({**{k: v for k, v in trained[0].items()},
-                           "dit": {"size": "tiny", "train": train}, "d2it": {"size": "tiny", "train": train},
-                           "grain_model": {"depth": 1, "hidden": 32, "heads": 2, "train": train},
-                           "diffusion": {"sampling_steps": 4}, "sample": {"n": 6, "batch_size": 4}})
-    out = tmp_path_factory.mktemp("stage2")
-    for kind in ("dit", "d2it", "grain"):
-        summary = train_latent_model(kind, cfg, latent_cache, out / kind)
+def models(trained, latent_cache):
+    """Tiny DiT, D²iT and grain models trained a few steps on the cache (wiring, not quality):
+    {kind: run folder}."""
+    study, plan, _ = trained
+    runs = {"dit": plan.model("dit", 0), "d2it": plan.model("d2it", 0),
+            "grain": plan.model("dgt", 0, 0.5)}
+    for kind, run in runs.items():
+        summary = train_model(study, run.spec, 0, latent_cache, run.folder, 0.5 if kind == "grain" else None)
         assert summary["steps"] == 3 and np.isfinite(summary["final"]["loss"])
-    return cfg, out
+    return {kind: run.folder for kind, run in runs.items()}
+
+
+def settings(study, **changes):
+    return {**study["sampling"], "classes": None, **changes}
 
 
 @pytest.mark.parametrize("source", ["predicted", "gt", "random"])
-def test_d2it_samples_are_adm_npz_with_grain_maps(study, latent_cache, source):
-    cfg, out = study
-    cfg = {**cfg, "sample": {**cfg["sample"], "grain_source": source}}
-    result = sample(cfg, out / "d2it", latent_cache, out / f"d2it-{source}.npz", grain_run=out / "grain")
-    data = np.load(out / f"d2it-{source}.npz")
+def test_d2it_samples_are_adm_npz_with_grain_maps(trained, models, tmp_path, source):
+    study = trained[0]
+    result = sample(models["d2it"], settings(study, grain_source=source), tmp_path / "s.npz",
+                    grain_run=models["grain"])
+    data = np.load(tmp_path / "s.npz")
     assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (6, 32, 32, 3)
     assert data["labels"].shape == (6,) and data["grain"].shape == (6, 8, 8)
-    assert (out / f"d2it-{source}.png").exists() and result["n"] == 6
+    assert (tmp_path / "s.png").exists() and result["n"] == 6 and result["grain_source"] == source
+    if source == "gt":  # held-out images' maps, each with that image's own label
+        cache = LatentCache(trained[1].latents(trained[1].model("d2it", 0)))
+        assert np.array_equal(data["grain"], cache.array("heldout", "grain")[:6, 0])
+        assert np.array_equal(data["labels"], cache.array("heldout", "labels")[:6])
 
 
-def test_sample_set_does_not_depend_on_batching(study, latent_cache):
-    cfg, out = study
-    a = sample(cfg, out / "dit", latent_cache, out / "a.npz")
-    b = sample({**cfg, "sample": {**cfg["sample"], "batch_size": 5}}, out / "dit", latent_cache, out / "b.npz")
+def test_sample_set_does_not_depend_on_batching(trained, models, tmp_path):
+    study = trained[0]
+    a = sample(models["dit"], settings(study), tmp_path / "a.npz")
+    b = sample(models["dit"], settings(study, batch_size=5), tmp_path / "b.npz")
     assert a["n"] == b["n"] == 6
-    assert np.array_equal(np.load(out / "a.npz")["arr_0"], np.load(out / "b.npz")["arr_0"])
+    assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+
+
+def test_runs_rebuild_from_their_checkpoints_alone(trained, models, latent_cache, tmp_path):
+    """The network, latent scale and decoding DVAE come from final.pt: sampling reads no cache."""
+    study = trained[0]
+    moved = latent_cache.with_name("moved-away")
+    latent_cache.rename(moved)
+    try:
+        result = sample(models["d2it"], settings(study, grain_source="predicted"), tmp_path / "s.npz",
+                        grain_run=models["grain"])
+    finally:
+        moved.rename(latent_cache)
+    assert result["n"] == 6
+    record = torch.load(models["d2it"] / "final.pt", weights_only=False)["run"]
+    assert record["arch"]["kind"] == "d2it" and record["latent"]["scale_factor"] > 0
+    assert set(record["latent"]) >= {"channels", "size", "classes", "fine_fraction", "dvae_run"}
+
+
+def test_wrong_runs_are_refused_by_name(trained, models, tmp_path):
+    study, plan, dvae = trained
+    with pytest.raises(D2itError, match="a dvae run, expected dit or d2it"):
+        sample(dvae.folder, settings(study), tmp_path / "s.npz")
+    with pytest.raises(D2itError, match="a dit run, expected grain"):
+        sample(models["d2it"], settings(study, grain_source="predicted"), tmp_path / "s.npz",
+               grain_run=models["dit"])
+    with pytest.raises(D2itError, match="not a DVAE run"):
+        from d2it.stage1 import load_dvae
+        load_dvae(models["dit"])
+
+
+def test_training_refuses_a_cache_of_another_dvae(trained, latent_cache, tmp_path):
+    study, plan, _ = trained
+    with pytest.raises(D2itError, match="made by another DVAE run"):  # the DiT spec at seed 1
+        train_model(study, "dit", 1, latent_cache, tmp_path / "run")
 
 
 def test_overlay_colours_fine_red_and_coarse_blue():
@@ -52,18 +100,20 @@ def test_overlay_colours_fine_red_and_coarse_blue():
 
 @pytest.fixture
 def d2it_task(trained, latent_cache):
-    from d2it.stage2 import LatentDiffusionTask, load_cache
+    from d2it.stage2 import run_record
+
+    study = trained[0]
 
     def make(**switches):
-        cfg = config.validate({**trained[0], "d2it": {"size": "tiny", **switches}})
-        return LatentDiffusionTask("d2it", cfg, load_cache(latent_cache))
+        spec = {**study["specs"]["d2it"], **switches}
+        cache = LatentCache(latent_cache)
+        arch = run_record(study, "d2it", 0, cache)["arch"]
+        return D2iTTask(build(arch), spec, cache, study["diffusion"])
     return make
 
 
 def recorded_loss(task, maps_fn):
     """Run one training step of `task` with the diffusion's loss maps replaced by maps_fn(noise)."""
-    from d2it.train import Shard
-
     seen = {}
 
     def training_maps(model_fn, x0, t, noise):
@@ -71,8 +121,9 @@ def recorded_loss(task, maps_fn):
         return maps_fn(noise)
 
     task.diffusion.training_maps = training_maps
-    batch = [tensor[:8] for tensor in task.dataset.tensors]
-    _, loss, _ = next(task.losses(batch, 0, Shard()))
+    batch = torch.utils.data.default_collate(task.dataset.__getitems__(list(range(8))))
+    shard = Shard(0, 8)
+    _, loss, _ = next(task.losses(batch, 0, shard))
     return loss, seen["noise"], batch
 
 
@@ -88,12 +139,15 @@ def test_multigrain_noise_switch(d2it_task):
 
 
 def test_dynamic_grain_loss_switch(d2it_task):
-    """A unit error everywhere: the dynamic grain loss adds one mean per grain (2), the plain loss
-    averages the latent grid (1)."""
+    """A unit error everywhere: the dynamic grain loss adds one mean per grain an image has (2 when
+    it has both), the plain loss averages the latent grid (1)."""
     def ones(noise):
         return {"mse": torch.ones(noise.shape[0], *noise.shape[2:])}
 
-    assert recorded_loss(d2it_task(dynamic_grain_loss=True), ones)[0].item() == pytest.approx(2.0)
+    loss, _, batch = recorded_loss(d2it_task(dynamic_grain_loss=True), ones)
+    grain = batch[1][:, 0]  # both views of an image have the same number of fine regions
+    grains_per_image = grain.flatten(1).any(1).float() + (~grain).flatten(1).any(1).float()
+    assert loss.item() == pytest.approx(grains_per_image.mean().item())
     assert recorded_loss(d2it_task(dynamic_grain_loss=False), ones)[0].item() == pytest.approx(1.0)
 
 
@@ -109,24 +163,17 @@ def test_d2it_parameters_are_dit_plus_routing():
     assert count == sum(p.numel() for p in dit("XL/2").parameters()) + extra == 677_803_432
 
 
-def test_two_processes_draw_the_same_sample_set(study, latent_cache, tmp_path):
+def test_two_processes_draw_the_same_sample_set(trained, models, tmp_path):
     """torchrun with 2 gloo processes: each draws every other batch; the merged set equals one process's."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
-    cfg, out = study
+    study = trained[0]
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({**cfg, "sample": {**cfg["sample"], "batch_size": 2}}))
-    one = sample({**cfg, "sample": {**cfg["sample"], "batch_size": 2}}, out / "d2it", latent_cache, tmp_path / "one.npz",
-                 grain_run=out / "grain")
+    path.write_text(yaml.safe_dump({**study, "sampling": {**study["sampling"], "batch_size": 2}}))
+    one = sample(models["d2it"], settings(study, batch_size=2), tmp_path / "one.npz",
+                 grain_run=models["grain"])
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "d2it.cli", "sample", "--config", str(path), "--run-dir", str(out / "d2it"),
-                           "--grain-run", str(out / "grain"), "--latents", str(latent_cache),
-                           "--out", str(tmp_path / "two.npz")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           "-m", "d2it.cli", "sample", "--config", str(path), "--run-dir", str(models["d2it"]),
+                           "--grain-run", str(models["grain"]), "--out", str(tmp_path / "two.npz")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     for key in ("arr_0", "labels", "grain"):

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from d2it import config
 from d2it.errors import D2itError
-from d2it.train import EpochBatches, train
+from d2it.train import EpochBatches, Shard, batch_split, train
 
 D2IT = [sys.executable, "-m", "d2it.cli"]
 
@@ -45,29 +45,21 @@ def final_weights(out):
 LONG = {"steps": 40, "batch_size": 8, "ckpt_every": 10, "log_every": 5, "ema": 0.9, "lr": 1.0e-3}
 
 
-@pytest.fixture(scope="module")
-def long_config(tmp_path_factory, dataset):
-    """40 steps with a checkpoint every 10; the DVAE has a GAN phase from step 5 so both optimisers resume."""
+@pytest.fixture(scope="module", params=["dvae", "d2it"])
+def job(request, study, latent_cache, tmp_path_factory):
+    """Arguments of `d2it train` for a stage-1 and a stage-2 run of 40 steps with a checkpoint every
+    10; the DVAE has a GAN phase from step 5, so both optimisers resume."""
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
-    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
-    cfg["data"]["manifest"] = str(dataset)
-    cfg["grain"]["thresholds"] = str(dataset.parent / "thresholds.json")
-    cfg["dvae"].update(perceptual="none", gan_weight=0.1, gan_start=5)
-    cfg["dvae"]["train"].update(LONG)
-    cfg["d2it"] = {"size": "tiny", "train": LONG}
-    cfg["tracking"] = {"uri": None}
+    long = {**study, "train": LONG}
+    if request.param == "dvae":
+        dvae = {**study["dvae"], "gan_weight": 0.1, "gan_start": 5, "train": {**study["dvae"]["train"], **LONG}}
+        long = {**long, "dvae": dvae}
     path = tmp_path_factory.mktemp("cfg") / "long.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-@pytest.fixture(scope="module", params=["dvae", "d2it"])
-def job(request, long_config, latent_cache):
-    """Arguments of `d2it train` for a stage-1 and a stage-2 run."""
-    extra = ["--latents", str(latent_cache)] if request.param == "d2it" else []
-    return [request.param, "--config", str(long_config), *extra]
+    path.write_text(yaml.safe_dump(long))
+    if request.param == "dvae":
+        return ["dvae", "--config", str(path), "--fine-ratio", "0.5"]
+    return ["model", "--config", str(path), "--spec", "d2it", "--latents", str(latent_cache)]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +104,8 @@ def test_sigterm_checkpoints_and_exits(job, reference_run, tmp_path):
 
 def test_folder_of_another_config_is_refused_untouched(job, reference_run):
     before = {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()}
-    proc = run_cli("train", *job, "--out", reference_run, "--set", f"{job[0]}.train.lr=0.5")
+    key = "dvae.train.lr" if job[0] == "dvae" else "train.lr"
+    proc = run_cli("train", *job, "--out", reference_run, "--set", f"{key}=0.5")
     assert proc.returncode == 2
     assert "holds a run of a different config (" in proc.stderr and "train.lr: 0.001 -> 0.5)" in proc.stderr
     assert {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()} == before
@@ -143,13 +136,13 @@ class ToyTask:
 
 
 def toy_cfg(**kw):
-    return {**config.validate({})["dvae"]["train"], "steps": 12, "batch_size": 8, "ckpt_every": 2, "log_every": 1,
+    return {**config.validate({"name": "t"})["dvae"]["train"], "steps": 12, "batch_size": 8, "ckpt_every": 2, "log_every": 1,
             "ema": None, **kw}
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(D2itError, match="non-finite main loss .* at step 5"):
-        train(ToyTask(nan_at=5), toy_cfg(), tmp_path, {"toy": 1}, {"uri": None, "experiment": "t"}, seed=0)
+        train(ToyTask(nan_at=5), toy_cfg(), tmp_path, {"identity": {"toy": 1}}, {"uri": None, "experiment": "t"}, seed=0)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-000000002.pt", "ckpt-000000004.pt"]
     assert not (tmp_path / "final.pt").exists()
 
@@ -158,7 +151,7 @@ def test_mlflow_mirrors_the_json_metrics(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    train(ToyTask(), toy_cfg(), tmp_path / "run", {"toy": 1}, {"uri": uri, "experiment": "t"}, seed=0)
+    train(ToyTask(), toy_cfg(), tmp_path / "run", {"identity": {"toy": 1}}, {"uri": uri, "experiment": "t"}, seed=0)
     client = MlflowClient(uri)
     run = client.get_run((tmp_path / "run" / "mlflow_run_id").read_text())
     assert run.info.status == "FINISHED" and run.data.params["toy"] == "1"
@@ -170,7 +163,7 @@ def test_mlflow_mirrors_the_json_metrics(tmp_path):
 def test_broken_tracking_warns_and_training_goes_on(tmp_path, caplog):
     (tmp_path / "a-file").write_text("")
     uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a database that cannot be created
-    summary = train(ToyTask(), toy_cfg(), tmp_path / "run", {"toy": 1}, {"uri": uri, "experiment": "t"}, seed=0)
+    summary = train(ToyTask(), toy_cfg(), tmp_path / "run", {"identity": {"toy": 1}}, {"uri": uri, "experiment": "t"}, seed=0)
     assert summary["steps"] == 12
     assert "MLflow tracking off for this run" in caplog.text
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
@@ -183,3 +176,31 @@ def test_epoch_batches_resume_mid_epoch():
     assert len(set(epoch)) == 9  # one epoch = 3 batches of distinct items
     with pytest.raises(D2itError, match="fewer than the batch size"):
         EpochBatches(2, 3, seed=0, start=0, total=1)
+
+
+def test_micro_batches_of_ranks_and_rounds_cover_the_global_batch():
+    """Rank r of 2 takes rows r, r + 2, ... of each global batch of 8, in 2 rounds of 2 rows."""
+    full = list(EpochBatches(40, 8, seed=3, start=0, total=5))
+    parts = {r: list(EpochBatches(40, 8, seed=3, start=0, total=5, rank=r, world=2, rounds=2)) for r in (0, 1)}
+    for step, batch in enumerate(full):
+        rank0, rank1 = (parts[r][2 * step] + parts[r][2 * step + 1] for r in (0, 1))
+        assert rank0 == batch[0::2] and rank1 == batch[1::2]
+    assert batch_split(256, None, 8) == (32, 1) and batch_split(256, 16, 8) == (16, 2)
+    with pytest.raises(D2itError, match="train.batch_size 30 is not a multiple of the 8 processes"):
+        batch_split(30, None, 8)
+    with pytest.raises(D2itError, match="not a multiple of train.batch_gpu 12 x 2 processes"):
+        batch_split(32, 12, 2)
+
+
+def test_shard_draws_do_not_depend_on_the_split():
+    """A row's random numbers depend on (seed, step, draw) and its global row, not on which
+    process or accumulation round holds it."""
+    whole = Shard(7, 8)
+    whole.begin(3, torch.arange(8))
+    expected = [whole.randn(8, 2), whole.randint(1000, 8)]
+    part = Shard(7, 8)
+    part.begin(3, torch.tensor([1, 3, 5, 7]))
+    assert torch.equal(part.randn(4, 2), expected[0][1::2])
+    assert torch.equal(part.randint(1000, 4), expected[1][1::2])
+    with pytest.raises(ValueError, match="drawing for 8 rows, the micro-batch has 4"):
+        part.rand(8)

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from d2it.data.manifest import Manifest, ManifestEntry, sha256_file
+from d2it.data.manifest import Manifest, ManifestEntry
+from d2it.files import sha256_file
 from d2it.errors import D2itError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}

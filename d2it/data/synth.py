@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from d2it.data.manifest import Manifest, ManifestEntry, sha256_file
+from d2it.data.manifest import Manifest, ManifestEntry
+from d2it.files import sha256_file
 from d2it.errors import D2itError
 
 GENERATOR_VERSION = "synth-1"

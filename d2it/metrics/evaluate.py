@@ -2,7 +2,6 @@
 torch-fidelity's metric functions on features extracted once; keys name their protocol."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,8 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 
 from d2it.data.folder import loader_workers
 from d2it.errors import D2itError
-from d2it.metrics.extractors import Extractor
-
-PAPER_COUNTS = (10_000, 50_000)  # FID-10K (FFHQ) and FID-50K (ImageNet)
-
+from d2it.files import atomic
+from d2it.metrics.extractors import Extractor, metric_key
 
 class UInt8Images(torch.utils.data.Dataset):
     """A uint8 N x 3 x H x W tensor as the dataset torch-fidelity reads."""
@@ -32,16 +29,6 @@ class UInt8Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.images[i]
-
-
-def metric_key(metric: str, extractor: Extractor, n: int) -> str:
-    """fid50k / is10k ... only for Inception features of exactly a paper's sample count; otherwise the
-    extractor and count are spelled out, e.g. fd_effnet_2k, so no number lands under a paper column
-    made another way."""
-    count = f"{n // 1000}k" if n % 1000 == 0 else str(n)
-    if extractor.comparable and n in PAPER_COUNTS:
-        return f"{ {'fd': 'fid', 'rfd': 'rfid'}.get(metric, metric)}{count}"
-    return f"{metric}_{extractor.short}_{count}"
 
 
 def _images(items: list) -> torch.Tensor:
@@ -118,10 +105,8 @@ def reference_stats(dataset_fn, key: dict, cache_dir: Path, extractor: Extractor
                        f"reference {key['split']}")["pool"]
     stats = fid_features_to_statistics(features)
     keep = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:cfg["reference_features"]]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], features=keep.numpy(), n=len(features))
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], features=keep.numpy(), n=len(features))
     return {**stats, "features": keep, "n": len(features), "file": str(path)}
 
 

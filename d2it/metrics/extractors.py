@@ -7,12 +7,13 @@ from pathlib import Path
 
 import torch
 
-from d2it.data.manifest import sha256_file
+from d2it.files import sha256_file
 from d2it.errors import D2itError
 from d2it.metrics import effnet
 
 log = logging.getLogger(__name__)
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's inception-v3-compat weights
+PAPER_COUNTS = (10_000, 50_000)  # FID-10K (FFHQ) and FID-50K (ImageNet)
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,26 @@ def resolve(metrics_cfg: dict) -> Extractor:
     log.info("metrics: features from %s (%s)%s", extractor.name, extractor.weights or "downloaded by torch-fidelity",
              "" if extractor.comparable else "; not comparable with published Inception numbers")
     return extractor
+
+
+def metric_key(metric: str, extractor: Extractor, n: int) -> str:
+    """fid50k / is10k ... only for Inception features of exactly a paper's sample count; otherwise the
+    extractor and count are spelled out, e.g. fd_effnet_2k, so no number lands under a paper column
+    made another way."""
+    count = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+    if extractor.comparable and n in PAPER_COUNTS:
+        return f"{ {'fd': 'fid', 'rfd': 'rfid'}.get(metric, metric)}{count}"
+    return f"{metric}_{extractor.short}_{count}"
+
+
+def protocol_key(metrics_cfg: dict, n: int) -> str:
+    """The FD key `d2it metrics` will write for n samples under this config, known before any
+    weights are read (with `auto`, from whether the Inception weights are on disk now)."""
+    choice = metrics_cfg["extractor"]
+    if choice == "auto":
+        configured = metrics_cfg["inception_weights"]
+        on_disk = Path(configured).is_file() if configured else (
+            Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file()
+        choice = "inception" if on_disk else "effnet"
+    planned = Extractor("", choice, ("", ""), None, None, choice == "inception")
+    return metric_key("fd", planned, n)

@@ -8,10 +8,11 @@ import numpy as np
 import torch
 
 from d2it.data.folder import IMAGE_SUFFIXES, ImageFolderDataset, read_image
-from d2it.data.manifest import Manifest, write_json_atomic
+from d2it.data.manifest import Manifest
+from d2it.files import write_json_atomic
 from d2it.errors import D2itError
-from d2it.metrics.evaluate import adm_reference, compare, extract, metric_key, reference_stats
-from d2it.metrics.extractors import resolve
+from d2it.metrics.evaluate import adm_reference, compare, extract, reference_stats
+from d2it.metrics.extractors import metric_key, resolve
 
 
 def load_samples(path: Path, n: int | None) -> torch.Tensor:

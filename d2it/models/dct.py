@@ -12,22 +12,24 @@ import torch
 import torch.nn as nn
 
 from d2it.grain import block_mean, merge
-from d2it.nn.dit import DiT
+from d2it.models.dit import DiT
 from d2it.nn.transformer import DiTBlock, FinalLayer, init_dit_weights
 
 
 class DynamicContentTransformer(DiT):
-    def __init__(self, input_size=32, in_channels=4, hidden_size=1152, depth=28, refine_depth=2, num_heads=16,
-                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True, routing=True,
-                 learnable_pos=True):
+    def __init__(self, input_size=32, in_channels=4, hidden_size=1152, depth=28, refine_depth=2,
+                 num_heads=16, mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000,
+                 learn_sigma=True, routing=True, learnable_pos=True):
         if not 0 <= refine_depth <= depth:
             raise ValueError(f"refine_depth {refine_depth} outside [0, depth={depth}]")
-        super().__init__(input_size=input_size, patch_size=2, in_channels=in_channels, hidden_size=hidden_size,
-                         depth=depth - refine_depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                         class_dropout_prob=class_dropout_prob, num_classes=num_classes, learn_sigma=learn_sigma)
+        super().__init__(input_size=input_size, patch_size=2, in_channels=in_channels,
+                         hidden_size=hidden_size, depth=depth - refine_depth, num_heads=num_heads,
+                         mlp_ratio=mlp_ratio, class_dropout_prob=class_dropout_prob,
+                         num_classes=num_classes, learn_sigma=learn_sigma)
         self.routing = routing
         self.pos_embed.requires_grad_(learnable_pos)  # initialised from sin-cos either way
-        self.refine_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(refine_depth)])
+        self.refine_blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio)
+                                            for _ in range(refine_depth)])
         if routing:
             self.coarse_embedder = nn.Linear(in_channels, hidden_size)
             self.grain_embedder = nn.Embedding(2, hidden_size)
@@ -55,12 +57,15 @@ class DynamicContentTransformer(DiT):
         if not self.routing:
             return fine
         side = grain.shape[-1]
-        coarse = self.coarse_layer(h, c).transpose(1, 2).reshape(len(x), self.out_channels, -1, side)
+        coarse = self.coarse_layer(h, c).transpose(1, 2)
+        coarse = coarse.reshape(len(x), self.out_channels, -1, side)
         return merge(fine, coarse, grain)
 
 
 SIZES = {  # depth (DiT + RefineNet), RefineNet depth, hidden, heads
-    "XL": (28, 2, 1152, 16), "L": (24, 2, 1024, 16), "B": (12, 2, 768, 12),
+    "XL": (28, 2, 1152, 16),
+    "L": (24, 2, 1024, 16),
+    "B": (12, 2, 768, 12),
     "tiny": (4, 1, 128, 4),  # the CPU study, the same budget as DiT-tiny
 }
 
@@ -68,5 +73,6 @@ SIZES = {  # depth (DiT + RefineNet), RefineNet depth, hidden, heads
 def dct(size: str, **kwargs) -> DynamicContentTransformer:
     """A size of SIZES; `depth` / `refine_depth` override its block counts (Table 4)."""
     depth, refine, hidden, heads = SIZES[size]
-    return DynamicContentTransformer(depth=kwargs.pop("depth", depth), refine_depth=kwargs.pop("refine_depth", refine),
+    return DynamicContentTransformer(depth=kwargs.pop("depth", depth),
+                                     refine_depth=kwargs.pop("refine_depth", refine),
                                      hidden_size=hidden, num_heads=heads, **kwargs)

@@ -18,10 +18,9 @@ def recon_table(metric_files: list[Path]) -> pd.DataFrame:
         if not (run / "summary.json").exists():
             raise D2itError(f"{path}: its run's summary {run / 'summary.json'} is missing")
         summary = json.loads((run / "summary.json").read_text())
-        config = json.loads((run / "run.json").read_text())["config"]
-        rows.append({"fine_ratio": config["grain"]["fine_ratio"],
+        rows.append({"fine_ratio": metrics["fine_ratio"], "seed": metrics["seed"],
                      "fine_fraction_heldout": metrics["fine_fraction"], "psnr_db": metrics["psnr"],
-                     **{k: v for k, v in metrics.items() if k.startswith(("rfd_", "rfid_"))},
+                     **{k: v for k, v in metrics.items() if k.startswith(("rfd_", "rfid"))},
                      "train_steps": summary["steps"], "train_minutes": summary["minutes"],
                      "protocol": metrics["protocol"]})
-    return pd.DataFrame(rows).sort_values("fine_ratio").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["fine_ratio", "seed"]).reset_index(drop=True)

@@ -1,33 +1,68 @@
 import hashlib
+import re
 from pathlib import Path
 
 import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import update_config
 
-from d2it.config import digest, validate
+from d2it import study as studies
+from d2it.config import digest
+from d2it.errors import D2itError
+from d2it.files import write_text_atomic
 
-# Validate with the harness's own schema (fills defaults), then hand every job the resolved config
-# through a content-addressed file: a changed key reaches the CLI and, via params, re-runs the job.
-validate(config, "snakemake config")
-CONFIG_DIGEST = digest(config)
-CFG = f".snakemake/d2it-config/{CONFIG_DIGEST[:16]}.yaml"
+
+def study_file() -> str:
+    """The study named by --configfile (one file, used alone, with the schema's defaults), else
+    config/cpu.yaml; --config key=value overrides apply on top of either."""
+    files = list(workflow.overwrite_configfiles)
+    if len(files) > 1:
+        raise WorkflowError(f"--configfile takes one study, got {len(files)}: "
+                            f"{', '.join(map(str, files))} (put targets before --configfile)")
+    if files:
+        return str(files[0])
+    default = Path(workflow.basedir) / "config" / "cpu.yaml"
+    study = yaml.safe_load(default.read_text())
+    update_config(study, config)
+    config.clear()
+    config.update(study)
+    return str(default)
+
+
+STUDY_FILE = study_file()
+try:
+    STUDY = studies.resolve(config, STUDY_FILE)
+except D2itError as e:
+    raise WorkflowError(str(e)) from None
+PLAN = studies.plan(STUDY)
+RUNS = str(PLAN.runs_dir)
+RESULTS = str(PLAN.results_dir)
+LOGS = f"logs/{PLAN.name}"
+
+# Every job reads the resolved study from one content-addressed file. It is not a rule param, so
+# a change that moves no run, sample set or metric (workers, logging) re-runs nothing.
+_resolved = yaml.safe_dump(STUDY, sort_keys=False)  # rows keep their order
+CFG = f".snakemake/d2it-config/{hashlib.sha256(_resolved.encode()).hexdigest()[:16]}.yaml"
 if not Path(CFG).exists():
-    Path(CFG).parent.mkdir(parents=True, exist_ok=True)
-    Path(CFG).write_text(yaml.safe_dump(config, sort_keys=True))
+    write_text_atomic(CFG, _resolved)
 
 
 def section_digest(*keys):
-    """Digest of the config sections a rule depends on (a rule param, so edits re-run it)."""
-    return digest({k: config[k] for k in keys})[:16]
+    """Digest of study sections a rule's output depends on (a rule param, so edits re-run it)."""
+    return digest({k: STUDY[k] for k in keys})[:16]
 
 
-# Training runs live in folders named by the digest of the config sections they depend on: a changed
-# config trains into a new folder (the old run stays), an unchanged one resumes its checkpoints.
-DVAE_RUNS = f"runs/dvae/{section_digest('seed', 'data', 'grain', 'dvae')}"
-STAGE2_RUNS = f"runs/stage2/{section_digest('seed', 'data', 'grain', 'dvae', 'diffusion', 'dit', 'd2it', 'grain_model')}"
+def one_of(names) -> str:
+    """A wildcard constraint that matches exactly these names."""
+    return "|".join(re.escape(str(n)) for n in sorted(names)) or "(?!)"
+
+
+def runs_of(stage: str) -> dict:
+    return {key: run for key, run in PLAN.runs.items() if run.stage in stage.split("|")}
 
 
 def d2it_cmd(wildcards, resources):
-    """The CLI of a training or sampling job: torchrun over its GPUs when the profile gives it several
-    (resources.gpu, SLURM's --gpus), else the plain `d2it`."""
+    """The CLI of a training or sampling job: torchrun over its GPUs when the profile gives it
+    several (resources.gpu, SLURM's --gpus), else the plain `d2it`."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
     return f"torchrun --standalone --nproc_per_node {gpus} -m d2it.cli" if gpus > 1 else "d2it"

@@ -1,22 +1,26 @@
-rule synth_data:
-    output:
-        config["data"]["manifest"],
-    params:
-        cfg=section_digest("data"),
-    log:
-        "logs/synth_data.log",
-    shell:
-        "d2it data synth --config {CFG} > {log} 2>&1"
+# The study's images (generated for the CPU study, prepared by you otherwise) and their entropy
+# thresholds.
+if STUDY["data"]["synth"] is not None:
+
+    rule synth_data:
+        output:
+            STUDY["data"]["manifest"],
+        params:
+            data=section_digest("data"),
+        log:
+            f"{LOGS}/synth_data.log",
+        shell:
+            "d2it data synth --config {CFG} > {log} 2>&1"
 
 
 rule grain_thresholds:
     input:
-        config["data"]["manifest"],
+        STUDY["data"]["manifest"],
     output:
-        config["grain"]["thresholds"],
+        STUDY["grain"]["thresholds"],
     params:
-        cfg=section_digest("data", "grain"),
+        rule=section_digest("data", "grain"),
     log:
-        "logs/grain_thresholds.log",
+        f"{LOGS}/grain_thresholds.log",
     shell:
         "d2it grain thresholds --config {CFG} > {log} 2>&1"

@@ -1,16 +1,20 @@
-# Metrics of every sample file against the configured reference (cached statistics under data/reference).
+# Metrics of every sample set against the study's reference (statistics cached in
+# metrics.reference_dir).
 
 
 rule sample_metrics:
     input:
-        samples="results/samples/{name}.npz",
-        manifest=config["data"]["manifest"],
+        samples=f"{RUNS}/samples/{{name}}.npz",
+        manifest=STUDY["data"]["manifest"],
     output:
-        "results/metrics/samples/{name}.json",
+        f"{RESULTS}/metrics/{{name}}.json",
+    wildcard_constraints:
+        name=one_of(PLAN.sample_sets),
     params:
-        cfg=section_digest("metrics"),
+        metrics=section_digest("metrics"),
     threads: 2
     log:
-        "logs/metrics/{name}.log",
+        f"{LOGS}/metrics/{{name}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it metrics --config {CFG} --samples {input.samples} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} d2it metrics --config {CFG} --samples {input.samples} "
+        "--out {output} > {log} 2>&1"

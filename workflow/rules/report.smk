@@ -1,35 +1,36 @@
-# The paper's tables with our numbers beside them (d2it/report/paper.yaml lists each table's rows).
-from d2it.report.tables import sample_sets
+# The study's tables beside the paper's numbers (d2it/report/paper.yaml), and its sample figures.
+
+
+def table_inputs(wildcards) -> list:
+    return [ss.metrics for row in PLAN.table_rows(wildcards.table) for ss in row.sample_sets]
 
 
 rule paper_table:
     input:
-        lambda w: expand("results/metrics/samples/{name}.json", name=sample_sets(f"table{w.n}")),
+        table_inputs,
     output:
-        "results/table{n}.csv",
+        report(f"{RESULTS}/{{table}}.csv", category="Tables"),
     wildcard_constraints:
-        n="2|3|4|5",
+        table=one_of(STUDY["tables"]),
     log:
-        "logs/table{n}.log",
+        f"{LOGS}/{{table}}.log",
     shell:
-        "d2it report table table{wildcards.n} --out {output} {input} > {log} 2>&1"
+        "d2it report table --config {CFG} {wildcards.table} --out {output} > {log} 2>&1"
 
 
-# Figs. 3 and 4: D²iT samples beside their predicted grain maps (red = fine, blue = coarse); Fig. 4
-# is class-conditional with guidance, one row per class.
-FIGURE_SAMPLES = {"3": ("d2it_predicted", ""), "4": ("d2it_predicted_g", "--by-class")}
-
-
+# Fig. 3: samples beside their grain maps (red = fine, blue = coarse); Fig. 4: one row per class.
 rule samples_figure:
     input:
-        lambda w: f"results/samples/{FIGURE_SAMPLES[w.n][0]}.npz",
+        lambda w: PLAN.figures[w.fig].npz,
     output:
-        report("results/fig{n}.png", category="Figures"),
+        report(f"{RESULTS}/{{fig}}.png", category="Figures"),
     wildcard_constraints:
-        n="3|4",
+        fig=one_of(STUDY["figures"]),
     params:
-        by_class=lambda w: FIGURE_SAMPLES[w.n][1],
+        by_class=lambda w: "--by-class" if STUDY["figures"][w.fig]["classes"] else "",
+        per_row=lambda w: STUDY["figures"][w.fig]["per_row"],
     log:
-        "logs/fig{n}.log",
+        f"{LOGS}/{{fig}}.log",
     shell:
-        "d2it report samples --samples {input} {params.by_class} --out {output} > {log} 2>&1"
+        "d2it report samples --samples {input} {params.by_class} --per-row {params.per_row} "
+        "--out {output} > {log} 2>&1"

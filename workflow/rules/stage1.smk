@@ -1,54 +1,68 @@
-# Stage 1: one DVAE per fine ratio r (r = 1 is the fixed-rate VAE of the DiT baseline).
+# Stage 1: one DVAE per fine ratio and seed (r = 1 is the fixed-rate VAE of the DiT baseline),
+# its held-out reconstructions and its latent cache.
+DVAES = runs_of("dvae")
 
 
 rule train_dvae:
     input:
-        config["data"]["manifest"],
-        config["grain"]["thresholds"],
+        STUDY["data"]["manifest"],
+        STUDY["grain"]["thresholds"],
     output:
-        f"{DVAE_RUNS}/r{{ratio}}/final.pt",
+        f"{RUNS}/{{run}}/final.pt",
+    wildcard_constraints:
+        run=one_of(DVAES),
     params:
         d2it=d2it_cmd,
+        ratio=lambda w: DVAES[w.run].fine_ratio,
+        seed=lambda w: DVAES[w.run].seed,
     threads: 2
     resources:
         runtime=120,
     log:
-        "logs/train_dvae/r{ratio}.log",
+        f"{LOGS}/{{run}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {params.d2it} train dvae --config {CFG} --set grain.fine_ratio={wildcards.ratio} "
-        f"--out {DVAE_RUNS}/r{{wildcards.ratio}} > {{log}} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.d2it} train dvae --config {CFG} "
+        "--fine-ratio {params.ratio} --seed {params.seed} > {log} 2>&1"
 
 
 rule eval_recon:
     input:
-        f"{DVAE_RUNS}/r{{ratio}}/final.pt",
+        lambda w: DVAES[f"dvae/{w.name}"].folder / "final.pt",
     output:
-        "results/metrics/dvae/r{ratio}.json",
+        f"{RESULTS}/metrics/dvae/{{name}}.json",
     params:
-        cfg=section_digest("metrics"),
+        metrics=section_digest("metrics"),
+        ratio=lambda w: DVAES[f"dvae/{w.name}"].fine_ratio,
+        seed=lambda w: DVAES[f"dvae/{w.name}"].seed,
     log:
-        "logs/eval_recon/r{ratio}.log",
+        f"{LOGS}/eval_recon/{{name}}.log",
     shell:
-        "d2it eval recon --config {CFG} --run-dir $(dirname {input}) --out {output} > {log} 2>&1"
+        "d2it eval recon --config {CFG} --fine-ratio {params.ratio} --seed {params.seed} "
+        "--out {output} > {log} 2>&1"
 
 
 rule encode_latents:
     input:
-        f"{DVAE_RUNS}/r{{ratio}}/final.pt",
+        f"{RUNS}/{{run}}/final.pt",
     output:
-        f"{DVAE_RUNS}/r{{ratio}}/latents.pt",
+        f"{RUNS}/{{run}}/latents/meta.json",
+    wildcard_constraints:
+        run=one_of(DVAES),
+    params:
+        ratio=lambda w: DVAES[w.run].fine_ratio,
+        seed=lambda w: DVAES[w.run].seed,
     log:
-        "logs/encode/r{ratio}.log",
+        f"{LOGS}/encode/{{run}}.log",
     shell:
-        "d2it encode --config {CFG} --run-dir $(dirname {input}) --out {output} > {log} 2>&1"
+        "d2it encode --config {CFG} --fine-ratio {params.ratio} --seed {params.seed} > {log} 2>&1"
 
 
 rule dvae_table:
     input:
-        recon=expand("results/metrics/dvae/r{ratio}.json", ratio=config["study"]["fine_ratios"]),
+        [PLAN.recon_json(run) for run in PLAN.recon],
     output:
-        "results/dvae_recon.csv",
+        PLAN.recon_csv,
     log:
-        "logs/dvae_table.log",
+        f"{LOGS}/dvae_table.log",
     shell:
-        "d2it report recon --out {output} {input.recon} > {log} 2>&1"
+        "d2it report recon --out {output} {input} > {log} 2>&1"

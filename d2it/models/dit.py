@@ -7,12 +7,22 @@ import torch
 import torch.nn as nn
 
 from d2it.nn.posembed import sincos_2d
-from d2it.nn.transformer import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, init_dit_weights
+from d2it.nn.transformer import (DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder,
+                                  init_dit_weights)
+
+SIZES = {  # depth, hidden, heads (DiT's models.py); tiny is the CPU study's
+    "XL": (28, 1152, 16),
+    "L": (24, 1024, 16),
+    "B": (12, 768, 12),
+    "S": (12, 384, 6),
+    "tiny": (4, 128, 4),  # ~1.3M parameters at 64 tokens
+}
 
 
 class DiT(nn.Module):
-    def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
-                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True):
+    def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28,
+                 num_heads=16, mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000,
+                 learn_sigma=True):
         super().__init__()
         self.in_channels, self.patch_size = in_channels, patch_size
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -33,7 +43,9 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], h, w, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, force_drop_ids=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                force_drop_ids=None) -> torch.Tensor:
+        """x: B x C x H x W latents, t: B timesteps, y: B labels -> B x out_channels x H x W."""
         x = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y, self.training, force_drop_ids)
         for block in self.blocks:

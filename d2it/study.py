@@ -1,0 +1,401 @@
+"""Studies as specs: a study config resolved into the plan every command and the workflow follow.
+
+    study file ─► rows ─► specs ─► runs (identity = what changes the trained weights)
+                     └──► sample sets (run + sampling) ─► metrics ─► tables, figures
+
+Each stage has one pure identity function. A run's folder is named by the digest of its identity,
+so the CLI and the Snakefile find the same folder, rows sharing a spec share its run, and settings
+that cannot change the weights (sampling, evaluation, workers, logging, tracking, the per-GPU
+batch) never move a run. A sample set is named by its run and its sampling settings.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from d2it import config as config_mod
+from d2it.errors import D2itError
+from d2it.models import architecture, count_parameters, latent_geometry
+
+DEFAULT = Path("config/cpu.yaml")
+# Training settings that change the weights; checkpoint cadence, logging and the per-GPU batch do not.
+TRAIN_IDENTITY = ("steps", "batch_size", "lr", "betas", "weight_decay", "grad_clip", "ema", "bf16")
+ROW_KEYS = ("seeds", "sampler", "steps", "n", "cfg_scale", "grain_source")
+
+
+def load(path: str | Path = DEFAULT, overrides: list[str] = ()) -> dict:
+    """A study config with schema defaults and `key=value` overrides, checked as a whole."""
+    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    return resolve(config_mod.load(path, overrides), source)
+
+
+def resolve(study: dict, source: str) -> dict:
+    """Validate a study dict (filling defaults, in place), check it as a whole, fill derived keys."""
+    config_mod.validate(study, source)
+    check(study, source)
+    tracking = study["tracking"]
+    tracking["experiment"] = tracking["experiment"] or f"d2it-{study['name']}"
+    return study
+
+
+def check(study: dict, source: str) -> None:
+    """What the schema cannot say: names that refer to each other, and settings rows depend on."""
+    specs = study["specs"]
+    for name, spec in specs.items():
+        if spec["kind"] == "d2it" and spec["grain_model"] is not None:
+            grain = specs.get(spec["grain_model"])
+            if grain is None or grain["kind"] != "grain":
+                known = sorted(n for n, s in specs.items() if s["kind"] == "grain")
+                raise D2itError(f"{source}: specs.{name}.grain_model: {spec['grain_model']!r} is not a "
+                                f"grain spec (grain specs: {', '.join(known) or 'none'})")
+        if spec["kind"] != "grain":
+            arch = model_architecture(study, name)
+            if arch["kind"] == "d2it" and not 0 <= arch["refine_depth"] <= arch["depth"]:
+                raise D2itError(f"{source}: specs.{name}: refine_depth {arch['refine_depth']} is "
+                                f"outside [0, depth = {arch['depth']}]")
+    for table, rows in study["tables"].items():
+        for row_id, row in rows["rows"].items():
+            where = f"{source}: tables.{table}.rows.{row_id}"
+            _check_row(study, where, row_settings(study, table, row_id))
+    for fig, figure in study["figures"].items():
+        _check_row(study, f"{source}: figures.{fig}", figure_settings(study, fig))
+        for label in figure["classes"] or []:
+            if label >= study["data"]["classes"]:
+                raise D2itError(f"{source}: figures.{fig}.classes: {label} is not a class of "
+                                f"data.classes = {study['data']['classes']}")
+
+
+def _check_row(study: dict, where: str, row: dict) -> None:
+    spec = study["specs"].get(row["spec"])
+    if spec is None or spec["kind"] == "grain":
+        known = sorted(n for n, s in study["specs"].items() if s["kind"] != "grain")
+        raise D2itError(f"{where}.spec: {row['spec']!r} is not a dit or d2it spec "
+                        f"(known: {', '.join(known) or 'none'})")
+    if spec["kind"] == "d2it" and row["grain_source"] == "predicted" and spec["grain_model"] is None:
+        raise D2itError(f"{where}: grain_source predicted needs specs.{row['spec']}.grain_model "
+                        "(a grain spec)")
+    if row["cfg_scale"] != 1 and (study["data"]["classes"] == 1 or spec["class_dropout"] == 0):
+        raise D2itError(f"{where}.cfg_scale: {row['cfg_scale']} needs class-conditional data "
+                        "(data.classes > 1) and a spec trained with class_dropout > 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities: one pure function per stage.
+
+
+def _data_identity(study: dict) -> dict:
+    return {k: study["data"][k] for k in ("manifest", "resolution", "flip", "synth")}
+
+
+def _train_identity(train: dict) -> dict:
+    return {k: train[k] for k in TRAIN_IDENTITY}
+
+
+def train_settings(study: dict, spec_name: str) -> dict:
+    """The study's stage-2 training settings with the spec's own overrides."""
+    return {**study["train"], **study["specs"][spec_name].get("train", {})}
+
+
+def dvae_identity(study: dict, fine_ratio: float, seed: int) -> dict:
+    """What makes a DVAE's weights: the data, the grain rule at this fine ratio, the DVAE's
+    architecture and losses, its training settings and the seed."""
+    dvae = {k: v for k, v in study["dvae"].items() if k != "train"}
+    grain = {k: study["grain"][k] for k in ("region", "bins", "sigma")}
+    return {"stage": "dvae", "seed": seed, "data": _data_identity(study),
+            "grain": {**grain, "fine_ratio": float(fine_ratio)}, "dvae": dvae,
+            "train": _train_identity(study["dvae"]["train"])}
+
+
+def model_identity(study: dict, spec_name: str, seed: int, fine_ratio: float | None = None) -> dict:
+    """What makes a stage-2 model's weights: its network and loss switches, the DVAE whose latents
+    it trains on, the diffusion process, its training settings and the seed. A grain spec trains
+    on the grain maps of a fine ratio (that of the D²iT spec it serves), given as `fine_ratio`."""
+    spec = study["specs"][spec_name]
+    kind = spec["kind"]
+    if (kind == "grain") != (fine_ratio is not None):
+        raise D2itError(f"specs.{spec_name}: a fine ratio is given for grain specs only")
+    ratio = float(fine_ratio if kind == "grain" else spec["fine_ratio"])
+    unused = ("label", "train", "grain_model", "fine_ratio")  # names, or said elsewhere
+    model = {k: v for k, v in spec.items() if k not in unused}
+    return {"stage": kind, "seed": seed, "model": model, "classes": study["data"]["classes"],
+            "diffusion": dict(study["diffusion"]),
+            "train": _train_identity(train_settings(study, spec_name)),
+            "dvae": dvae_identity(study, ratio, seed)}
+
+
+def sample_identity(run: "Run", grain_run: "Run | None", settings: dict) -> dict:
+    """What makes a sample set: the run(s) it draws from and every sampling setting that changes
+    an image; the batch size does not (sample i depends on (seed, i) only)."""
+    keys = ("grain_source", "cfg_scale", "cfg_channels", "sampler", "steps", "n", "seed", "bf16",
+            "classes")
+    return {"run": run.digest, "grain_run": grain_run.digest if grain_run else None,
+            **{k: settings[k] for k in keys}}
+
+
+def _label(identity: dict) -> str:
+    """A readable folder prefix, made from the identity alone."""
+    stage, seed = identity["stage"], identity["seed"]
+    grain = identity["grain"] if stage == "dvae" else identity["dvae"]["grain"]
+    ratio = grain["fine_ratio"]
+    if stage in ("dvae", "grain"):
+        return f"r{ratio:g}-s{seed}"
+    model = identity["model"]
+    size = f"{model['size']}-{model['patch']}" if stage == "dit" else model["size"]
+    return f"{size}-r{ratio:g}-s{seed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan.
+
+
+@dataclass
+class Run:
+    """One training run: its stage, identity and folder."""
+    stage: str  # dvae | dit | d2it | grain
+    identity: dict
+    folder: Path
+    spec: str | None  # the spec it trains (None for a DVAE)
+
+    @property
+    def digest(self) -> str:
+        return config_mod.digest(self.identity)
+
+    @property
+    def key(self) -> str:
+        """The run's folder under runs/<study>: <stage>/<label>-<digest>."""
+        return f"{self.folder.parent.name}/{self.folder.name}"
+
+    @property
+    def seed(self) -> int:
+        return self.identity["seed"]
+
+    @property
+    def fine_ratio(self) -> float:
+        ratio = self.identity["grain"] if self.stage == "dvae" else self.identity["dvae"]["grain"]
+        return ratio["fine_ratio"]
+
+
+@dataclass
+class SampleSet:
+    """Samples of one run under one sampling setting: an .npz, its grid and its metrics."""
+    name: str
+    identity: dict
+    run: Run
+    grain_run: Run | None
+    settings: dict
+    npz: Path
+    grid: Path
+    metrics: Path
+
+
+@dataclass
+class Row:
+    """A table row resolved: its spec and, per training seed, the run and the sample set."""
+    table: str
+    id: str
+    spec: str
+    settings: dict
+    sample_sets: list[SampleSet]
+
+
+@dataclass
+class Plan:
+    study: dict
+    runs: dict[str, Run] = field(default_factory=dict)  # key -> run
+    sample_sets: dict[str, SampleSet] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    figures: dict[str, SampleSet] = field(default_factory=dict)
+    recon: list[Run] = field(default_factory=list)  # DVAEs of the reconstruction table
+
+    @property
+    def name(self) -> str:
+        return self.study["name"]
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.study["paths"]["runs"]) / self.name
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.study["paths"]["results"]) / self.name
+
+    def _add(self, identity: dict, spec: str | None) -> Run:
+        name = f"{_label(identity)}-{config_mod.digest(identity)[:10]}"
+        folder = self.runs_dir / identity["stage"] / name
+        run = Run(identity["stage"], identity, folder, spec)
+        return self.runs.setdefault(run.key, run)
+
+    def dvae(self, fine_ratio: float, seed: int) -> Run:
+        return self._add(dvae_identity(self.study, fine_ratio, seed), None)
+
+    def model(self, spec_name: str, seed: int, fine_ratio: float | None = None) -> Run:
+        run = self._add(model_identity(self.study, spec_name, seed, fine_ratio), spec_name)
+        self.dvae(run.fine_ratio, seed)
+        return run
+
+    def grain_model(self, spec_name: str, seed: int) -> Run | None:
+        """The grain model run serving a D²iT spec (at its fine ratio), None for other specs."""
+        spec = self.study["specs"][spec_name]
+        if spec["kind"] != "d2it" or spec["grain_model"] is None:
+            return None
+        return self.model(spec["grain_model"], seed, spec["fine_ratio"])
+
+    def dvae_of(self, run: Run) -> Run:
+        """The DVAE run whose latent cache `run` trains on (or that is `run`)."""
+        return run if run.stage == "dvae" else self.dvae(run.fine_ratio, run.seed)
+
+    def latents(self, run: Run) -> Path:
+        """The latent cache `run` trains on (that of its DVAE)."""
+        return self.dvae_of(run).folder / "latents"
+
+    def sample_set(self, spec_name: str, seed: int, settings: dict) -> SampleSet:
+        run = self.model(spec_name, seed)
+        kind = self.study["specs"][spec_name]["kind"]
+        settings = {**settings, "grain_source": settings["grain_source"] if kind == "d2it" else None}
+        if settings["cfg_scale"] == 1:
+            settings["cfg_channels"] = None  # no guidance: which channels it would touch is moot
+        predicted = settings["grain_source"] == "predicted"
+        grain_run = self.grain_model(spec_name, seed) if predicted else None
+        identity = sample_identity(run, grain_run, settings)
+        parts = [run.stage, _label(run.identity), settings["grain_source"],
+                 f"cfg{settings['cfg_scale']:g}" if settings["cfg_scale"] != 1 else None,
+                 config_mod.digest(identity)[:10]]
+        name = "-".join(p for p in parts if p)
+        found = SampleSet(name, identity, run, grain_run, settings,
+                          npz=self.runs_dir / "samples" / f"{name}.npz",
+                          grid=self.results_dir / "samples" / f"{name}.png",
+                          metrics=self.results_dir / "metrics" / f"{name}.json")
+        return self.sample_sets.setdefault(name, found)
+
+    def table_csv(self, table: str) -> Path:
+        return self.results_dir / f"{table}.csv"
+
+    def figure_png(self, fig: str) -> Path:
+        return self.results_dir / f"{fig}.png"
+
+    def recon_json(self, run: Run) -> Path:
+        return self.results_dir / "metrics" / "dvae" / f"{run.folder.name}.json"
+
+    @property
+    def recon_csv(self) -> Path:
+        return self.results_dir / "dvae_recon.csv"
+
+    def targets(self) -> list[Path]:
+        """What `rule all` builds: every table, figure and the reconstruction table."""
+        tables = [self.table_csv(t) for t in self.study["tables"]]
+        figures = [self.figure_png(f) for f in self.study["figures"]]
+        return tables + figures + ([self.recon_csv] if self.recon else [])
+
+    def find_sample_set(self, name: str) -> SampleSet:
+        if name not in self.sample_sets:
+            raise D2itError(f"study {self.name!r} has no sample set {name!r} "
+                            "(`d2it study plan` lists them)")
+        return self.sample_sets[name]
+
+    def table_rows(self, table: str) -> list[Row]:
+        if table not in self.study["tables"]:
+            raise D2itError(f"study {self.name!r} has no table {table!r} "
+                            f"(its tables: {', '.join(self.study['tables']) or 'none'})")
+        return [row for row in self.rows if row.table == table]
+
+
+def row_settings(study: dict, table: str, row_id: str) -> dict:
+    """A row's spec and sampling: the study's `sampling`, then the table's keys, then the row's."""
+    spec = study["tables"][table]
+    row = spec["rows"][row_id]
+    settings = {**study["sampling"], "classes": None}
+    settings.update({k: spec[k] for k in ROW_KEYS if k in spec})
+    settings.update({k: row[k] for k in ROW_KEYS if k in row})
+    return {**settings, "spec": row["spec"]}
+
+
+def figure_settings(study: dict, fig: str) -> dict:
+    figure = study["figures"][fig]
+    settings = {**study["sampling"], **{k: figure[k] for k in ROW_KEYS if k in figure}}
+    return {**settings, "spec": figure["spec"], "seeds": [figure["seed"]], "classes": figure["classes"]}
+
+
+def plan(study: dict) -> Plan:
+    """Every row, figure and reconstruction DVAE of a study, with their runs and sample sets."""
+    result = Plan(study)
+    for table, spec in study["tables"].items():
+        for row_id in spec["rows"]:
+            settings = row_settings(study, table, row_id)
+            sets = [result.sample_set(settings["spec"], seed, settings) for seed in settings["seeds"]]
+            result.rows.append(Row(table, row_id, settings["spec"], sets[0].settings, sets))
+    for fig in study["figures"]:
+        settings = figure_settings(study, fig)
+        result.figures[fig] = result.sample_set(settings["spec"], settings["seeds"][0], settings)
+    recon = study["recon"]
+    result.recon = [result.dvae(r, s) for r in recon["fine_ratios"] for s in recon["seeds"]]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# What `d2it study plan` prints.
+
+
+def model_architecture(study: dict, spec_name: str) -> dict:
+    """The architecture spec (d2it.models.build) of a spec on the study's latents."""
+    latent = latent_geometry(study["dvae"]["preset"], study["data"]["resolution"])
+    return architecture(study["specs"][spec_name], latent, study["data"]["classes"],
+                        study["diffusion"]["learn_sigma"])
+
+
+@cache
+def _parameters(arch_json: str) -> int:
+    return count_parameters(json.loads(arch_json))
+
+
+def parameters(study: dict, spec_name: str) -> int:
+    return _parameters(json.dumps(model_architecture(study, spec_name), sort_keys=True))
+
+
+def spec_label(study: dict, spec_name: str) -> str:
+    """How tables name a spec: its `label`, else e.g. DiT-XL/2, D²iT-B (10+2), DGT-6x384."""
+    spec = study["specs"][spec_name]
+    if "label" in spec:
+        return spec["label"]
+    if spec["kind"] == "dit":
+        return f"DiT-{spec['size']}/{spec['patch']}"
+    if spec["kind"] == "grain":
+        return f"DGT-{spec['depth']}x{spec['hidden']}"
+    arch = model_architecture(study, spec_name)
+    changes = [f"{arch['depth'] - arch['refine_depth']}+{arch['refine_depth']}"]
+    switches = ("routing", "dynamic_grain_loss", "learnable_pos", "multigrain_noise")
+    changes += [f"no {k.replace('_', ' ')}" for k in switches if not spec[k]]
+    return f"D²iT-{spec['size']} ({', '.join(changes)}, r={spec['fine_ratio']:g})"
+
+
+def describe(result: Plan, row: Row) -> dict:
+    """One row of `d2it study plan`: the spec resolved, its runs, sample sets and protocol."""
+    from d2it.metrics.extractors import protocol_key
+    from d2it.report.tables import paper_method
+
+    study = result.study
+    spec = study["specs"][row.spec]
+    arch = model_architecture(study, row.spec)
+    content = parameters(study, row.spec)
+    predicted = row.settings["grain_source"] == "predicted"
+    grain = parameters(study, spec["grain_model"]) if predicted else 0
+    train = train_settings(study, row.spec)
+    s = row.settings
+    return {
+        "study": result.name, "table": row.table, "row": row.id,
+        "paper_method": paper_method(row.table, row.id), "spec": row.spec,
+        "label": spec_label(study, row.spec), "kind": spec["kind"], "size": spec["size"],
+        "depth": arch["depth"], "refine_depth": arch.get("refine_depth"),
+        "patch": arch.get("patch_size", 2), "fine_ratio": row.sample_sets[0].run.fine_ratio,
+        "params": {"content": content, "grain": grain, "total": content + grain},
+        "train_steps": train["steps"], "global_batch": train["batch_size"],
+        "seeds": [ss.run.seed for ss in row.sample_sets],
+        "run_dirs": [str(ss.run.folder) for ss in row.sample_sets],
+        "grain_run_dirs": [str(ss.grain_run.folder) for ss in row.sample_sets if ss.grain_run],
+        "dvae_run_dirs": [str(result.dvae_of(ss.run).folder) for ss in row.sample_sets],
+        "sample_sets": [ss.name for ss in row.sample_sets],
+        "sampler": s["sampler"], "sampling_steps": s["steps"], "n": s["n"],
+        "cfg_scale": s["cfg_scale"], "grain_source": s["grain_source"],
+        "protocol": protocol_key(study["metrics"], s["n"]),
+    }
