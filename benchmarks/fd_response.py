@@ -2,7 +2,7 @@
 disjoint halves of the training split against each other, and against degraded copies of the second
 half (Gaussian blur and noise, five strengths each).
 
-    python benchmarks/fd_response.py [--config config/config.yaml] [--n 4000]
+    python benchmarks/fd_response.py [--config config/cpu.yaml] [--n 4000]
 """
 import argparse
 
@@ -10,7 +10,7 @@ import torch
 from torch_fidelity.metric_fid import fid_features_to_statistics
 from tqdm import tqdm
 
-from d2it import config
+from d2it import study as studies
 from d2it.data.folder import ImageFolderDataset
 from d2it.data.manifest import Manifest
 from d2it.metrics.degrade import LEVELS
@@ -20,27 +20,31 @@ from d2it.metrics.extractors import resolve
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--config", default="config/cpu.yaml", help="study config")
     p.add_argument("--n", type=int, default=4000, help="images of the training split (two halves)")
     args = p.parse_args()
-    cfg = config.load(args.config)
+    cfg = studies.load(args.config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     extractor = resolve(cfg["metrics"])
-    dataset = ImageFolderDataset(Manifest.load(cfg["data"]["manifest"]), "train", cfg["data"]["resolution"])
-    picked = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:args.n]  # all classes
+    data = cfg["data"]
+    dataset = ImageFolderDataset(Manifest.load(data["manifest"]), "train", data["resolution"])
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    picked = order[:args.n]  # drawn from all classes
     images = torch.stack([dataset[i][0] for i in tqdm(picked.tolist(), desc="load", unit="img")])
     a, b = images[0::2], images[1::2]
 
     def stats(x):
-        return fid_features_to_statistics(extract(x, extractor, cfg["metrics"]["batch_size"], device)["pool"])
+        features = extract(x, extractor, cfg["metrics"]["batch_size"], device)["pool"]
+        return fid_features_to_statistics(features)
 
     ref = stats(a)
-    print(f"FD on {extractor.name} features, {len(a)} vs {len(b)} images of {cfg['data']['manifest']}")
+    print(f"FD on {extractor.name} features, {len(a)} vs {len(b)} images of {data['manifest']}")
     print(f"  half A vs itself      {frechet_distance(ref, ref):9.3f}")
     print(f"  half A vs half B      {frechet_distance(ref, stats(b)):9.3f}")
     for degrade, levels in LEVELS.items():
         for level in levels:
-            print(f"  half A vs {degrade.__name__:5} {level:<5} {frechet_distance(ref, stats(degrade(b, level))):9.3f}")
+            fd = frechet_distance(ref, stats(degrade(b, level)))
+            print(f"  half A vs {degrade.__name__:5} {level:<5} {fd:9.3f}")
 
 
 if __name__ == "__main__":

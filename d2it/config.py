@@ -15,14 +15,21 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
 def _with_defaults(cls):
-    """A validator that fills in each property's schema default before validating it."""
+    """A validator that fills in each property's schema default before validating it; an object's
+    default fills, key by key, what the config's object leaves out."""
     check_properties = cls.VALIDATORS["properties"]
 
     def properties(validator, props, instance, schema):
         if isinstance(instance, dict):
             for key, sub in props.items():
-                if "default" in sub:
-                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+                if "default" not in sub:
+                    continue
+                default = sub["default"]
+                if key not in instance:
+                    instance[key] = copy.deepcopy(default)
+                elif isinstance(default, dict) and isinstance(instance[key], dict):
+                    for k, v in default.items():  # an object's default fills the keys left out
+                        instance[key].setdefault(k, copy.deepcopy(v))
         yield from check_properties(validator, props, instance, schema)
 
     return jsonschema.validators.extend(cls, {"properties": properties})
@@ -83,6 +90,11 @@ def set_key(config: dict, dotted: str, value, source: str = "--set") -> None:
     node[parts[-1]] = value
 
 
+def source(path: str | Path, overrides: list[str] = ()) -> str:
+    """How errors name a config: its file, with the overrides given."""
+    return f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> dict:
     """Read a YAML config, apply `key=value` overrides (values parsed as YAML), validate."""
     path = Path(path)
@@ -102,7 +114,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict:
         if not sep:
             raise D2itError(f"--set {item!r}: expected key=value")
         set_key(config, key, yaml.safe_load(value))
-    return validate(config, f"{path} with --set {' '.join(overrides)}" if overrides else str(path))
+    return validate(config, source(path, overrides))
 
 
 def digest(obj) -> str:

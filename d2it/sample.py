@@ -24,10 +24,10 @@ from d2it.models import build
 from d2it.report.figures import write_grid
 from d2it.rng import generator
 from d2it.stage1 import load_dvae, to_uint8
+from d2it.study import SAMPLE_IDENTITY, grain_maps_of
 from d2it.train import Distributed, autocast, load_final
 
-SETTINGS = ("sampler", "steps", "n", "cfg_scale", "cfg_channels", "grain_source", "seed", "bf16",
-            "batch_size", "classes")
+SETTINGS = (*SAMPLE_IDENTITY, "batch_size")
 
 
 def generators(seed: int, stream: str, indices) -> list[torch.Generator]:
@@ -54,100 +54,131 @@ def _sampler(diffusion: dict, s: dict, learn_sigma: bool):
     return process.ddpm_sample if s["sampler"] == "ddpm" else process.ddim_sample
 
 
-class SampleJob:
-    """Everything needed to draw samples i in idx: models, sampler, grain source, per-sample seeds."""
+class DiTSampling:
+    """Samples i in idx of a DiT run: label, noise and the reverse chain from (seed, i) only,
+    decoded by the DVAE the run trained on. DiT has no grain map: its grid shows all fine."""
 
-    def __init__(self, run_dir: Path, settings: dict, grain_run: Path | None, device: torch.device):
-        model, record = load_stage2(run_dir, ("dit", "d2it"))
-        self.kind, self.s, self.device = record["arch"]["kind"], settings, device
-        self.latent, diffusion = record["latent"], record["identity"]["diffusion"]
-        self.source = settings["grain_source"] if self.kind == "d2it" else "gt"  # DiT ignores maps
-        if self.source == "predicted":
-            if grain_run is None:
-                raise D2itError("grain_source predicted needs a grain model run (--grain-run)")
-            self.grain_model, grain_record = load_stage2(grain_run, ("grain",))
-            if grain_record["identity"]["dvae"] != record["identity"]["dvae"]:
-                raise D2itError(f"{grain_run}: trained on the grain maps of another DVAE than {run_dir}")
-            self.grain_model.to(device)
-            self.grain_sampler = _sampler(diffusion, settings, grain_record["arch"]["learn_sigma"])
-        self.params = {"params_M": _millions(model)} | (
-            {"grain_params_M": _millions(self.grain_model)} if self.source == "predicted" else {})
+    def __init__(self, run_dir: Path, model: torch.nn.Module, record: dict, settings: dict,
+                 device: torch.device):
+        self.s, self.device, self.latent = settings, device, record["latent"]
+        self.classes = self.latent["classes"]
+        self.params = {"params_M": _millions(model)}
         self.dvae, dvae_record = load_dvae(Path(self.latent["dvae_run"]))
         if digest(dvae_record["identity"]) != digest(record["identity"]["dvae"]):
             raise D2itError(f"{self.latent['dvae_run']}: not the DVAE run {run_dir} was trained on")
         self.dvae.to(device)
-        self.heldout = None
-        if self.source == "gt" and self.kind == "d2it":  # held-out maps with their own labels
-            cache = LatentCache(self.latent["cache"])
-            self.heldout = (cache.array("heldout", "grain"), cache.array("heldout", "labels"))
-        self.classes = self.latent["classes"]
-        self.sampler = _sampler(diffusion, settings, record["arch"]["learn_sigma"])
+        self.sampler = _sampler(record["identity"]["diffusion"], settings, record["arch"]["learn_sigma"])
         self.model = model.to(device)
         if settings["cfg_scale"] != 1:
             if model.y_embedder.embedding_table.num_embeddings == self.classes:
-                raise D2itError(f"cfg_scale = {settings['cfg_scale']} needs a class-conditional model "
-                                "trained with class dropout")
+                raise D2itError(f"cfg_scale = {settings['cfg_scale']} needs a class-conditional "
+                                "model trained with class dropout")
             self.model = guided(self.model, self.classes, settings["cfg_scale"],
                                 settings["cfg_channels"])
-        self.multigrain = self.kind == "d2it" and record["spec"]["multigrain_noise"]
+
+    @property
+    def side(self) -> int:
+        """Side of the grain map (one cell per 2x2 latent block)."""
+        return self.latent["size"] // 2
 
     def labels(self, idx) -> torch.Tensor:
-        if self.heldout is not None:  # a held-out image's map goes with that image's label
-            return torch.as_tensor(self.heldout[1][np.asarray(idx) % len(self.heldout[1])])
         if self.s["classes"]:
             return torch.tensor([self.s["classes"][i % len(self.s["classes"])] for i in idx])
         return torch.stack([torch.randint(self.classes, (), generator=g)
                             for g in generators(self.s["seed"], "label", idx)])
 
     def grain(self, idx, labels) -> torch.Tensor:
-        side = self.latent["size"] // 2
-        if self.source == "gt":
-            if self.heldout is None:  # DiT: the map is only drawn on the grid
-                return torch.ones(len(idx), side, side, dtype=torch.bool)
-            maps = self.heldout[0][np.asarray(idx) % len(self.heldout[0]), 0]
-            return torch.as_tensor(maps).to(self.device)
-        seeds = generators(self.s["seed"], "grain", idx)
-        if self.source == "random":  # each region fine with the dataset's fine fraction
-            fraction = self.latent["fine_fraction"]
-            return torch.stack([torch.rand(side, side, generator=g) < fraction
-                                for g in seeds]).to(self.device)
-        x = self.grain_sampler(lambda x, t: self.grain_model(x, t, labels),
-                               lambda sh: randn(sh, seeds).to(self.device), (len(idx), 1, side, side))
-        return x[:, 0] > 0
+        return torch.ones(len(idx), self.side, self.side, dtype=torch.bool, device=self.device)
+
+    def noise(self, grain: torch.Tensor, gens: list):
+        """(noise of a shape, projection after each reverse step)."""
+        return (lambda shape: randn(shape, gens).to(self.device)), (lambda x: x)
+
+    def forward(self, x, t, labels, grain):
+        return self.model(x, t, labels)
 
     @torch.no_grad()
     def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 images N x H x W x 3, labels and grain maps of samples idx."""
         labels = self.labels(idx).to(self.device)
         grain = self.grain(idx, labels).to(self.device)
-        gens = generators(self.s["seed"], "noise", idx)
-        if self.multigrain:
-            def noise_fn(shape):
-                return multigrain_noise(shape, grain.cpu(), gens).to(self.device)
-
-            def project(x):
-                return project_coarse(x, grain)
-        else:
-            def noise_fn(shape):
-                return randn(shape, gens).to(self.device)
-
-            def project(x):
-                return x
-        extra = {"grain": grain} if self.kind == "d2it" else {}
+        noise, project = self.noise(grain, generators(self.s["seed"], "noise", idx))
 
         def model(x, t):
             with autocast(self.device, self.s["bf16"]):
-                return self.model(x, t, labels, **extra).float()  # the sampler's arithmetic stays fp32
+                return self.forward(x, t, labels, grain).float()  # the sampler's arithmetic is fp32
 
         shape = (len(idx), self.latent["channels"], self.latent["size"], self.latent["size"])
-        z = self.sampler(model, noise_fn, shape, project)
+        z = self.sampler(model, noise, shape, project)
         images = to_uint8(self.dvae.decode(z / self.latent["scale_factor"])).permute(0, 2, 3, 1)
         return images.cpu(), labels.cpu(), grain.cpu()
 
 
-def _indices(n: int, batch_size: int, rank: int, world: int) -> list[int]:
-    """Sample indices drawn by `rank`: every world-th batch."""
-    return [i for b in range(0, n, batch_size)[rank::world] for i in range(b, min(n, b + batch_size))]
+class D2iTSampling(DiTSampling):
+    """Samples of a D²iT run: a grain map per sample (predicted by the grain model, a held-out
+    image's with that image's label, or random at the data's fine fraction), multi-grained noise
+    with coarse blocks projected back after every step, the map given to the network."""
+
+    def __init__(self, run_dir, model, record, settings, device, grain_run: Path | None):
+        super().__init__(run_dir, model, record, settings, device)
+        self.source = settings["grain_source"]
+        self.multigrain = record["identity"]["model"]["multigrain_noise"]
+        if self.source == "predicted":
+            if grain_run is None:
+                raise D2itError("grain_source predicted needs a grain model run (--grain-run)")
+            self.grain_model, grain_record = load_stage2(grain_run, ("grain",))
+            if grain_maps_of(grain_record["identity"]) != grain_maps_of(record["identity"]):
+                raise D2itError(f"{grain_run}: trained on other grain maps than {run_dir}")
+            self.grain_model.to(device)
+            self.grain_sampler = _sampler(grain_record["identity"]["diffusion"], settings,
+                                          grain_record["arch"]["learn_sigma"])
+            self.params["grain_params_M"] = _millions(self.grain_model)
+        if self.source == "gt":  # held-out maps, each with its own image's label
+            cache = LatentCache(self.latent["cache"])
+            self.heldout = (cache.array("heldout", "grain"), cache.array("heldout", "labels"))
+
+    def labels(self, idx) -> torch.Tensor:
+        if self.source != "gt":
+            return super().labels(idx)
+        labels = self.heldout[1]
+        return torch.as_tensor(labels[np.asarray(idx) % len(labels)])
+
+    def grain(self, idx, labels) -> torch.Tensor:
+        if self.source == "gt":
+            maps = self.heldout[0]
+            return torch.as_tensor(maps[np.asarray(idx) % len(maps), 0])
+        seeds = generators(self.s["seed"], "grain", idx)
+        if self.source == "random":  # each region fine with the dataset's fine fraction
+            fraction = self.latent["fine_fraction"]
+            return torch.stack([torch.rand(self.side, self.side, generator=g) < fraction
+                                for g in seeds])
+        shape = (len(idx), 1, self.side, self.side)
+        x = self.grain_sampler(lambda x, t: self.grain_model(x, t, labels),
+                               lambda sh: randn(sh, seeds).to(self.device), shape)
+        return x[:, 0] > 0
+
+    def noise(self, grain, gens):
+        if not self.multigrain:
+            return super().noise(grain, gens)
+        return ((lambda shape: multigrain_noise(shape, grain.cpu(), gens).to(self.device)),
+                (lambda x: project_coarse(x, grain)))
+
+    def forward(self, x, t, labels, grain):
+        return self.model(x, t, labels, grain=grain)
+
+
+def sampling_job(run_dir: Path, settings: dict, grain_run: Path | None,
+                 device: torch.device) -> DiTSampling:
+    """The sampling of a DiT or D²iT run, rebuilt from its checkpoint."""
+    model, record = load_stage2(run_dir, ("dit", "d2it"))
+    if record["arch"]["kind"] == "d2it":
+        return D2iTSampling(run_dir, model, record, settings, device, grain_run)
+    return DiTSampling(run_dir, model, record, settings, device)
+
+
+def _indices(n: int, batch_size: int, rank: int, world: int) -> list[range]:
+    """The batches of sample indices process `rank` draws: every world-th batch."""
+    return [range(b, min(n, b + batch_size)) for b in range(0, n, batch_size)[rank::world]]
 
 
 def _save_npz(path: Path, **arrays) -> None:
@@ -158,40 +189,41 @@ def _save_npz(path: Path, **arrays) -> None:
 def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = None,
            grid: Path | None = None) -> dict:
     """Write N samples to `out` (.npz: arr_0, labels, grain), a JSON beside it and a PNG grid
-    (`grid`, default beside it). Under torchrun each process draws every world-th batch; rank 0
-    merges the parts in order."""
+    (`grid`, default beside it). Under torchrun each process draws every world-th batch (none if
+    there are fewer batches than processes); rank 0 merges the parts in sample order."""
     dist = Distributed()
     s = {k: settings[k] for k in SETTINGS}
-    job = SampleJob(Path(run_dir), s, grain_run, dist.device)
+    job = sampling_job(Path(run_dir), s, grain_run, dist.device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    starts = range(0, s["n"], s["batch_size"])[dist.rank::dist.world]
-    if not starts:
-        raise D2itError(f"{s['n']} samples in batches of {s['batch_size']} leave process {dist.rank} "
-                        f"of {dist.world} without a batch: lower the sampling batch_size")
-    parts = [job.batch(range(i, min(s["n"], i + s["batch_size"])))
-             for i in tqdm(starts, desc=f"sample {job.kind}", unit="batch", disable=not dist.main)]
     names = ("arr_0", "labels", "grain")
-    arrays = {k: torch.cat([p[j] for p in parts]).numpy() for j, k in enumerate(names)}
+    mine = _indices(s["n"], s["batch_size"], dist.rank, dist.world)
+    parts = [job.batch(idx) for idx in tqdm(mine, desc="sample", unit="batch", disable=not dist.main)]
     if dist.world > 1:
-        _save_npz(out.with_name(f"{out.stem}.part{dist.rank}.npz"), **arrays)
+        if parts:
+            arrays = {k: torch.cat([p[j] for p in parts]).numpy() for j, k in enumerate(names)}
+            _save_npz(out.with_name(f"{out.stem}.part{dist.rank}.npz"), **arrays)
         dist.barrier()
         if not dist.main:
             return {}
-        loaded = [np.load(out.with_name(f"{out.stem}.part{r}.npz")) for r in range(dist.world)]
-        held = np.concatenate([_indices(s["n"], s["batch_size"], r, dist.world)
-                               for r in range(dist.world)])
+        ranks = [r for r in range(dist.world) if _indices(s["n"], s["batch_size"], r, dist.world)]
+        loaded = [np.load(out.with_name(f"{out.stem}.part{r}.npz")) for r in ranks]
+        held = [i for r in ranks for idx in _indices(s["n"], s["batch_size"], r, dist.world)
+                for i in idx]
         order = np.argsort(held)
         arrays = {k: np.concatenate([part[k] for part in loaded])[order] for k in names}
-        for r in range(dist.world):
+        for r in ranks:
             out.with_name(f"{out.stem}.part{r}.npz").unlink()
+    else:
+        arrays = {k: torch.cat([p[j] for p in parts]).numpy() for j, k in enumerate(names)}
     _save_npz(out, **arrays)
     grid = Path(grid) if grid else out.with_suffix(".png")
     grid.parent.mkdir(parents=True, exist_ok=True)
     write_grid(arrays["arr_0"][:64], arrays["grain"][:64], grid)
-    result = {"samples": str(out), "grid": str(grid), "n": len(arrays["arr_0"]), "kind": job.kind,
+    kind = "d2it" if isinstance(job, D2iTSampling) else "dit"
+    result = {"samples": str(out), "grid": str(grid), "n": len(arrays["arr_0"]), "kind": kind,
               "run": str(run_dir), "grain_run": str(grain_run) if grain_run else None, **job.params,
-              "grain_source": job.source if job.kind == "d2it" else None,
+              "grain_source": job.source if kind == "d2it" else None,
               "fine_fraction": float(arrays["grain"].mean()),
               "gt_fine_fraction_train": job.latent["fine_fraction"],
               **{k: s[k] for k in ("seed", "cfg_scale", "cfg_channels", "sampler", "steps", "classes")},

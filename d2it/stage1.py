@@ -26,15 +26,17 @@ from d2it.train import load_final, seed_all, train
 
 def run_record(study: dict, fine_ratio: float, seed: int) -> dict:
     """A DVAE run's record (run.json, final.pt): its identity, the architecture that rebuilds it,
-    and the files it was made from (their digests, so other data under the same names is refused)."""
+    and the files it was made from, with their digests (other data under the same names is
+    refused)."""
     manifest = Manifest.load(study["data"]["manifest"])
     thresholds = Path(study["grain"]["thresholds"])
     if not thresholds.exists():
-        raise D2itError(f"{thresholds}: grain thresholds not found (make them with `d2it grain thresholds`)")
+        raise D2itError(f"{thresholds}: grain thresholds not found (make them with "
+                        "`d2it grain thresholds`)")
     arch = dvae_architecture(study["dvae"]["preset"], study["data"]["resolution"], fine_ratio)
     return {"identity": dvae_identity(study, fine_ratio, seed), "arch": arch,
-            "provenance": {"manifest": study["data"]["manifest"], "dataset_digest": manifest.digest(),
-                           "thresholds": str(thresholds), "thresholds_sha256": sha256_file(thresholds)}}
+            "inputs": {"dataset_digest": manifest.digest(), "thresholds_sha256": sha256_file(thresholds)},
+            "files": {"manifest": study["data"]["manifest"], "thresholds": str(thresholds)}}
 
 
 @contextmanager
@@ -59,7 +61,7 @@ class DVAETask:
         manifest = Manifest.load(data["manifest"])
         self.dataset = ImageFolderDataset(manifest, "train", data["resolution"])
         self.thresholds = load_thresholds(study["grain"]["thresholds"], manifest.digest())
-        self.fine_ratio = record["identity"]["grain"]["fine_ratio"]
+        self.fine_ratio = record["identity"]["grain_maps"]["fine_ratio"]
         self.flip, self.cfg = data["flip"], cfg
         self.model = build(record["arch"])
         self.perceptual = perceptual.build(cfg["perceptual"], study["metrics"])
@@ -134,16 +136,16 @@ def load_dvae(run_dir: Path) -> tuple[torch.nn.Module, dict]:
 
 def _batches(study: dict, record: dict, split: str):
     """(uint8 images, labels, grain map) of a split, in order, with the run's grain rule."""
-    provenance, identity = record["provenance"], record["identity"]
-    manifest = Manifest.load(provenance["manifest"])
-    if manifest.digest() != provenance["dataset_digest"]:
-        raise D2itError(f"{provenance['manifest']}: not the dataset the DVAE trained on")
-    dataset = ImageFolderDataset(manifest, split, identity["data"]["resolution"])
-    thresholds = load_thresholds(provenance["thresholds"], manifest.digest())
+    files, maps = record["files"], record["identity"]["grain_maps"]
+    manifest = Manifest.load(files["manifest"])
+    if manifest.digest() != record["inputs"]["dataset_digest"]:
+        raise D2itError(f"{files['manifest']}: not the dataset the DVAE trained on")
+    dataset = ImageFolderDataset(manifest, split, maps["data"]["resolution"])
+    thresholds = load_thresholds(files["thresholds"], manifest.digest())
     loader = torch.utils.data.DataLoader(dataset, batch_size=study["grain"]["batch_size"],
                                          num_workers=loader_workers(study["data"]["num_workers"]))
     for images, labels in tqdm(loader, desc=f"{split}", unit="batch"):
-        grain = grain_map(to_signed(images), thresholds, identity["grain"]["fine_ratio"])
+        grain = grain_map(to_signed(images), thresholds, maps["fine_ratio"])
         yield images, labels, grain
 
 
@@ -177,7 +179,7 @@ def evaluate_recon(study: dict, run_dir: Path, out: Path) -> dict:
     result = {"psnr": psnr(recons, originals).mean().item(),
               metric_key("rfd", extractor, n): frechet_distance(*stats),
               "n_images": n, "split": "heldout", "seed": record["identity"]["seed"],
-              "fine_ratio": record["identity"]["grain"]["fine_ratio"],
+              "fine_ratio": record["identity"]["grain_maps"]["fine_ratio"],
               "fine_fraction": torch.stack(fine).mean().item(),
               "extractor": extractor.name, "extractor_sha256": extractor.sha256,
               "protocol": f"posterior-mean reconstructions of {n} held-out images vs the originals; "
@@ -192,8 +194,9 @@ def encode_latents(study: dict, run_dir: Path, out: Path) -> dict:
     """Cache posterior-mean latents of both splits (and of their mirror images when the run trained
     with flips), grain maps and labels, with the scale factor 1 / std of the training latents."""
     model, record = load_dvae(run_dir)
-    flip = record["identity"]["data"]["flip"]
-    manifest = Manifest.load(record["provenance"]["manifest"])
+    identity = record["identity"]
+    flip = identity["grain_maps"]["data"]["flip"]
+    manifest = Manifest.load(record["files"]["manifest"])
     counts = {split: len(manifest.split(split)) for split in ("train", "heldout")}
     arch = record["arch"]
     side = arch["resolution"] // model.fine_factor
@@ -205,5 +208,6 @@ def encode_latents(study: dict, run_dir: Path, out: Path) -> dict:
             latents = torch.stack([model.encode(v, g).latent() for v, g in views], 1)
             writer.add(split, latents, torch.stack([g for _, g in views], 1), labels)
     meta = writer.finish({"num_classes": len(manifest.classes), "dvae_run": str(run_dir),
-                          "dvae_digest": digest(record["identity"])})
+                          "dvae_digest": digest(identity),
+                          "grain_maps_digest": digest(identity["grain_maps"])})
     return {"cache": str(out), "scale_factor": meta["scale_factor"], "counts": meta["counts"]}

@@ -12,8 +12,8 @@ from d2it.data.latents import LatentCache
 from d2it.diffusion import GaussianDiffusion
 from d2it.errors import D2itError
 from d2it.grain import block_mean, expand, merge
-from d2it.models import architecture, build
-from d2it.study import model_identity, train_settings
+from d2it.models import build
+from d2it.study import model_architecture, model_identity, train_settings
 from d2it.train import seed_all, train
 
 
@@ -115,18 +115,19 @@ TASKS = {"dit": DiTTask, "d2it": D2iTTask, "grain": GrainTask}
 
 def run_record(study: dict, spec_name: str, seed: int, cache: LatentCache,
                fine_ratio: float | None = None) -> dict:
-    """A stage-2 run's record (run.json, final.pt): identity, the architecture that rebuilds the
-    network, and what sampling needs from the latent cache, so sampling needs no cache at all."""
+    """A stage-2 run's record (run.json, final.pt): its identity, the architecture that rebuilds
+    the network and what sampling needs from the latent cache, so sampling reads no cache."""
     identity = model_identity(study, spec_name, seed, fine_ratio)
-    if cache.meta["dvae_digest"] != digest(identity["dvae"]):
+    if "dvae" in identity and cache.meta["dvae_digest"] != digest(identity["dvae"]):
         raise D2itError(f"{cache.folder}: made by another DVAE run ({cache.meta['dvae_run']}) than "
                         f"specs.{spec_name} at seed {seed} trains on")
+    if "grain_maps" in identity and cache.meta["grain_maps_digest"] != digest(identity["grain_maps"]):
+        raise D2itError(f"{cache.folder}: holds other grain maps than specs.{spec_name} at fine "
+                        f"ratio {fine_ratio} trains on")
     if cache.num_classes != study["data"]["classes"]:
         raise D2itError(f"data.classes = {study['data']['classes']}, but the dataset of "
                         f"{cache.folder} has {cache.num_classes}")
-    spec = study["specs"][spec_name]
-    arch = architecture(spec, cache.latent, cache.num_classes, study["diffusion"]["learn_sigma"])
-    return {"identity": identity, "arch": arch, "spec": spec,
+    return {"identity": identity, "arch": model_architecture(study, spec_name),
             "latent": {**cache.latent, "scale_factor": cache.scale_factor,
                        "classes": cache.num_classes, "fine_fraction": cache.fine_fraction,
                        "dvae_run": cache.meta["dvae_run"], "cache": str(cache.folder)}}
@@ -138,7 +139,7 @@ def train_model(study: dict, spec_name: str, seed: int, cache_dir: Path, out: Pa
     cache = LatentCache(cache_dir)
     record = run_record(study, spec_name, seed, cache, fine_ratio)
     seed_all(seed)  # the model's initial weights
-    task = TASKS[record["arch"]["kind"]](build(record["arch"]), record["spec"], cache,
+    task = TASKS[record["arch"]["kind"]](build(record["arch"]), study["specs"][spec_name], cache,
                                           study["diffusion"])
     return train(task, train_settings(study, spec_name), out, record, study["tracking"], seed,
                  loader_workers(study["data"]["num_workers"]))

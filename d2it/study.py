@@ -20,20 +20,31 @@ from d2it.errors import D2itError
 from d2it.models import architecture, count_parameters, latent_geometry
 
 DEFAULT = Path("config/cpu.yaml")
-# Training settings that change the weights; checkpoint cadence, logging and the per-GPU batch do not.
+# Training settings that change the weights (checkpoint cadence, logging, the per-GPU batch do not).
 TRAIN_IDENTITY = ("steps", "batch_size", "lr", "betas", "weight_decay", "grad_clip", "ema", "bf16")
+# D²iT's switches that act in training only (the others are the network's, in its architecture).
+LOSS_SWITCHES = ("dynamic_grain_loss", "coarse_weight", "fine_weight", "multigrain_noise")
+SWITCHES = ("routing", "dynamic_grain_loss", "learnable_pos", "multigrain_noise")
 ROW_KEYS = ("seeds", "sampler", "steps", "n", "cfg_scale", "grain_source")
+# Sampling settings that change an image (the batch size does not: sample i depends on (seed, i)).
+SAMPLE_IDENTITY = ("grain_source", "cfg_scale", "cfg_channels", "sampler", "steps", "n", "seed",
+                   "bf16", "classes")
+# Metrics settings that change a number (batch size, workers and cache folders do not).
+METRICS_IDENTITY = ("extractor", "n_samples", "reference", "reference_features", "bootstrap",
+                    "kid_subset_size", "seed")
 
 
 def load(path: str | Path = DEFAULT, overrides: list[str] = ()) -> dict:
     """A study config with schema defaults and `key=value` overrides, checked as a whole."""
-    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
-    return resolve(config_mod.load(path, overrides), source)
+    return _finish(config_mod.load(path, overrides), config_mod.source(path, overrides))
 
 
 def resolve(study: dict, source: str) -> dict:
-    """Validate a study dict (filling defaults, in place), check it as a whole, fill derived keys."""
-    config_mod.validate(study, source)
+    """Validate a study dict (filling defaults, in place) and check it as a whole."""
+    return _finish(config_mod.validate(study, source), source)
+
+
+def _finish(study: dict, source: str) -> dict:
     check(study, source)
     tracking = study["tracking"]
     tracking["experiment"] = tracking["experiment"] or f"d2it-{study['name']}"
@@ -48,15 +59,15 @@ def check(study: dict, source: str) -> None:
             grain = specs.get(spec["grain_model"])
             if grain is None or grain["kind"] != "grain":
                 known = sorted(n for n, s in specs.items() if s["kind"] == "grain")
-                raise D2itError(f"{source}: specs.{name}.grain_model: {spec['grain_model']!r} is not a "
-                                f"grain spec (grain specs: {', '.join(known) or 'none'})")
+                raise D2itError(f"{source}: specs.{name}.grain_model: {spec['grain_model']!r} is "
+                                f"not a grain spec (grain specs: {', '.join(known) or 'none'})")
         if spec["kind"] != "grain":
             arch = model_architecture(study, name)
             if arch["kind"] == "d2it" and not 0 <= arch["refine_depth"] <= arch["depth"]:
                 raise D2itError(f"{source}: specs.{name}: refine_depth {arch['refine_depth']} is "
                                 f"outside [0, depth = {arch['depth']}]")
     for table, rows in study["tables"].items():
-        for row_id, row in rows["rows"].items():
+        for row_id in rows["rows"]:
             where = f"{source}: tables.{table}.rows.{row_id}"
             _check_row(study, where, row_settings(study, table, row_id))
     for fig, figure in study["figures"].items():
@@ -73,9 +84,13 @@ def _check_row(study: dict, where: str, row: dict) -> None:
         known = sorted(n for n, s in study["specs"].items() if s["kind"] != "grain")
         raise D2itError(f"{where}.spec: {row['spec']!r} is not a dit or d2it spec "
                         f"(known: {', '.join(known) or 'none'})")
-    if spec["kind"] == "d2it" and row["grain_source"] == "predicted" and spec["grain_model"] is None:
+    source = row["grain_source"] if spec["kind"] == "d2it" else None
+    if source == "predicted" and spec["grain_model"] is None:
         raise D2itError(f"{where}: grain_source predicted needs specs.{row['spec']}.grain_model "
                         "(a grain spec)")
+    if source == "gt" and row["classes"]:
+        raise D2itError(f"{where}.classes: ground-truth grain maps come with their held-out "
+                        "images' labels; drop classes or the gt grain source")
     if row["cfg_scale"] != 1 and (study["data"]["classes"] == 1 or spec["class_dropout"] == 0):
         raise D2itError(f"{where}.cfg_scale: {row['cfg_scale']} needs class-conditional data "
                         "(data.classes > 1) and a spec trained with class_dropout > 0")
@@ -85,8 +100,27 @@ def _check_row(study: dict, where: str, row: dict) -> None:
 # Identities: one pure function per stage.
 
 
-def _data_identity(study: dict) -> dict:
+def data_identity(study: dict) -> dict:
+    """What the images are (the dataset file, crop and generator) and how training sees them."""
     return {k: study["data"][k] for k in ("manifest", "resolution", "flip", "synth")}
+
+
+def threshold_identity(study: dict) -> dict:
+    """What the entropy percentile table depends on."""
+    rule = {k: study["grain"][k] for k in ("region", "bins", "sigma")}
+    return {**data_identity(study), **rule}
+
+
+def metrics_identity(study: dict) -> dict:
+    return {k: study["metrics"][k] for k in METRICS_IDENTITY}
+
+
+def grain_maps_identity(study: dict, fine_ratio: float) -> dict:
+    """What the grain maps at a fine ratio depend on: the data and, between all-coarse (0) and
+    all-fine (1), the entropy rule."""
+    ratio = float(fine_ratio)
+    rule = {k: study["grain"][k] for k in ("region", "bins", "sigma")} if 0 < ratio < 1 else {}
+    return {"data": data_identity(study), "rule": rule, "fine_ratio": ratio}
 
 
 def _train_identity(train: dict) -> dict:
@@ -99,50 +133,55 @@ def train_settings(study: dict, spec_name: str) -> dict:
 
 
 def dvae_identity(study: dict, fine_ratio: float, seed: int) -> dict:
-    """What makes a DVAE's weights: the data, the grain rule at this fine ratio, the DVAE's
-    architecture and losses, its training settings and the seed."""
+    """What makes a DVAE's weights: its grain maps, its architecture and losses, its training
+    settings and the seed."""
     dvae = {k: v for k, v in study["dvae"].items() if k != "train"}
-    grain = {k: study["grain"][k] for k in ("region", "bins", "sigma")}
-    return {"stage": "dvae", "seed": seed, "data": _data_identity(study),
-            "grain": {**grain, "fine_ratio": float(fine_ratio)}, "dvae": dvae,
-            "train": _train_identity(study["dvae"]["train"])}
+    return {"stage": "dvae", "seed": seed, "grain_maps": grain_maps_identity(study, fine_ratio),
+            "dvae": dvae, "train": _train_identity(study["dvae"]["train"])}
 
 
 def model_identity(study: dict, spec_name: str, seed: int, fine_ratio: float | None = None) -> dict:
-    """What makes a stage-2 model's weights: its network and loss switches, the DVAE whose latents
-    it trains on, the diffusion process, its training settings and the seed. A grain spec trains
-    on the grain maps of a fine ratio (that of the D²iT spec it serves), given as `fine_ratio`."""
+    """What makes a stage-2 model's weights: its network and loss switches, what it trains on, the
+    diffusion process, its training settings and the seed. DiT and D²iT train on the latents of
+    the DVAE at their fine ratio; a grain spec trains on grain maps alone, at the fine ratio of the
+    D²iT spec it serves (`fine_ratio`)."""
     spec = study["specs"][spec_name]
     kind = spec["kind"]
-    if (kind == "grain") != (fine_ratio is not None):
-        raise D2itError(f"specs.{spec_name}: a fine ratio is given for grain specs only")
-    ratio = float(fine_ratio if kind == "grain" else spec["fine_ratio"])
-    unused = ("label", "train", "grain_model", "fine_ratio")  # names, or said elsewhere
-    model = {k: v for k, v in spec.items() if k not in unused}
-    return {"stage": kind, "seed": seed, "model": model, "classes": study["data"]["classes"],
-            "diffusion": dict(study["diffusion"]),
-            "train": _train_identity(train_settings(study, spec_name)),
-            "dvae": dvae_identity(study, ratio, seed)}
+    if kind == "grain" and fine_ratio is None:
+        raise D2itError(f"specs.{spec_name} is a grain spec: give the fine ratio of its grain maps "
+                        "(--fine-ratio R)")
+    if kind != "grain" and fine_ratio is not None:
+        raise D2itError(f"specs.{spec_name} trains at its own fine_ratio; a fine ratio is given "
+                        "for grain specs only")
+    # The network as built (so a default spelled out is the same run) and the loss switches.
+    model = {"size": spec.get("size"), "arch": model_architecture(study, spec_name),
+             **{k: spec[k] for k in LOSS_SWITCHES if k in spec}}
+    inputs = ({"grain_maps": grain_maps_identity(study, fine_ratio)} if kind == "grain"
+              else {"dvae": dvae_identity(study, spec["fine_ratio"], seed)})
+    return {"stage": kind, "seed": seed, "model": model, "diffusion": dict(study["diffusion"]),
+            "train": _train_identity(train_settings(study, spec_name)), **inputs}
+
+
+def grain_maps_of(identity: dict) -> dict:
+    """The grain-map identity a run's identity holds (directly, or through its DVAE's)."""
+    return identity["grain_maps"] if "grain_maps" in identity else identity["dvae"]["grain_maps"]
 
 
 def sample_identity(run: "Run", grain_run: "Run | None", settings: dict) -> dict:
     """What makes a sample set: the run(s) it draws from and every sampling setting that changes
-    an image; the batch size does not (sample i depends on (seed, i) only)."""
-    keys = ("grain_source", "cfg_scale", "cfg_channels", "sampler", "steps", "n", "seed", "bf16",
-            "classes")
+    an image."""
     return {"run": run.digest, "grain_run": grain_run.digest if grain_run else None,
-            **{k: settings[k] for k in keys}}
+            **{k: settings[k] for k in SAMPLE_IDENTITY}}
 
 
 def _label(identity: dict) -> str:
     """A readable folder prefix, made from the identity alone."""
     stage, seed = identity["stage"], identity["seed"]
-    grain = identity["grain"] if stage == "dvae" else identity["dvae"]["grain"]
-    ratio = grain["fine_ratio"]
+    ratio = grain_maps_of(identity)["fine_ratio"]
     if stage in ("dvae", "grain"):
         return f"r{ratio:g}-s{seed}"
     model = identity["model"]
-    size = f"{model['size']}-{model['patch']}" if stage == "dit" else model["size"]
+    size = f"{model['size']}-{model['arch']['patch_size']}" if stage == "dit" else model["size"]
     return f"{size}-r{ratio:g}-s{seed}"
 
 
@@ -173,8 +212,7 @@ class Run:
 
     @property
     def fine_ratio(self) -> float:
-        ratio = self.identity["grain"] if self.stage == "dvae" else self.identity["dvae"]["grain"]
-        return ratio["fine_ratio"]
+        return grain_maps_of(self.identity)["fine_ratio"]
 
 
 @dataclass
@@ -202,6 +240,8 @@ class Row:
 
 @dataclass
 class Plan:
+    """A study resolved: its runs (each once, keyed by folder), sample sets (each once, by name),
+    table rows, figures and the DVAEs of the reconstruction table, with every output's path."""
     study: dict
     runs: dict[str, Run] = field(default_factory=dict)  # key -> run
     sample_sets: dict[str, SampleSet] = field(default_factory=dict)
@@ -364,8 +404,7 @@ def spec_label(study: dict, spec_name: str) -> str:
         return f"DGT-{spec['depth']}x{spec['hidden']}"
     arch = model_architecture(study, spec_name)
     changes = [f"{arch['depth'] - arch['refine_depth']}+{arch['refine_depth']}"]
-    switches = ("routing", "dynamic_grain_loss", "learnable_pos", "multigrain_noise")
-    changes += [f"no {k.replace('_', ' ')}" for k in switches if not spec[k]]
+    changes += [f"no {k.replace('_', ' ')}" for k in SWITCHES if not spec[k]]
     return f"D²iT-{spec['size']} ({', '.join(changes)}, r={spec['fine_ratio']:g})"
 
 

@@ -125,18 +125,22 @@ def _diff(a, b, prefix="") -> list[str]:
 
 
 def claim_run_dir(out: Path, record: dict, write: bool = True) -> None:
-    """Write the run's record to out/run.json; refuse a folder that holds a different run."""
+    """Write the run's record to out/run.json; refuse a folder that holds another run (another
+    identity, or the same one made from other input files)."""
+    claim = {"identity": record["identity"], "inputs": record.get("inputs", {})}
     path = out / "run.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("digest") != digest(record):
-            changes = "; ".join(_diff(old.get("record", old.get("config")), record)[:5])
+        if old.get("digest") != digest(claim):
+            before = old.get("record", {})
+            before = {"identity": before.get("identity"), "inputs": before.get("inputs", {})}
+            changes = "; ".join(_diff(before, claim)[:5])
             raise D2itError(f"{out} holds a run of a different config ({changes}): choose another "
                             "--out or delete the folder")
         return
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {"digest": digest(record),
+        write_json_atomic(path, {"digest": digest(claim),
                                  "identity_digest": digest(record["identity"]), "record": record})
 
 
@@ -344,10 +348,15 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
         _set_rng_state(state["rng"])
         step, elapsed = state["step"], state["elapsed"]
         log.info("%s: resuming from step %d", out, step)
+        if state.get("batch_gpu") not in (None, batch_gpu):
+            # Same global batch, so the same run, but per-micro-batch statistics (the PatchGAN's
+            # BatchNorm, the adaptive GAN weight) now see other rows.
+            log.warning("%s: per-GPU batch %d x %d processes, was %d", out, batch_gpu, dist.world,
+                        state["batch_gpu"])
     task.distribute(dist.wrap)
 
     def checkpoint_state() -> dict:
-        return {"step": step, "elapsed": elapsed, "rng": _rng_state(),
+        return {"step": step, "elapsed": elapsed, "rng": _rng_state(), "batch_gpu": batch_gpu,
                 "modules": {n: m.state_dict() for n, m in task.modules.items()},
                 "optimisers": {n: o.state_dict() for n, o in optimisers.items()},
                 "ema": ema.state_dict() if ema is not None else None}

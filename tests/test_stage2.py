@@ -163,12 +163,14 @@ def test_d2it_parameters_are_dit_plus_routing():
     assert count == sum(p.numel() for p in dit("XL/2").parameters()) + extra == 677_803_432
 
 
-def test_two_processes_draw_the_same_sample_set(trained, models, tmp_path):
-    """torchrun with 2 gloo processes: each draws every other batch; the merged set equals one process's."""
+@pytest.mark.parametrize("batch_size", [2, 6])
+def test_two_processes_draw_the_same_sample_set(trained, models, tmp_path, batch_size):
+    """torchrun with 2 gloo processes: each draws every other batch (3 batches of 2: two and one;
+    one batch of 6: the second process has none); the merged set equals one process's."""
     study = trained[0]
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({**study, "sampling": {**study["sampling"], "batch_size": 2}}))
-    one = sample(models["d2it"], settings(study, batch_size=2), tmp_path / "one.npz",
+    path.write_text(yaml.safe_dump({**study, "sampling": {**study["sampling"], "batch_size": batch_size}}))
+    one = sample(models["d2it"], settings(study, batch_size=batch_size), tmp_path / "one.npz",
                  grain_run=models["grain"])
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "d2it.cli", "sample", "--config", str(path), "--run-dir", str(models["d2it"]),

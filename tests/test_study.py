@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from d2it import study as studies
 
@@ -121,6 +120,8 @@ def test_training_settings_move_the_runs_they_reach():
     steps = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["dvae.train.steps=10"]))
     assert steps.dvae(1.0, 0).folder != dvae.folder and steps.model("dit", 0).folder != dit.folder
     assert plan.model("dit", 1).folder != dit.folder and plan.model("dit", 1).seed == 1
+    spelled = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["specs.d2it.refine_depth=1", "specs.d2it.depth=4"]))
+    assert spelled.model("d2it", 0).folder == plan.model("d2it", 0).folder  # tiny's defaults, spelled out
 
 
 def test_seeds_are_a_dimension_of_a_row():

@@ -150,6 +150,14 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "results/tiny2/dvae_recon.csv").exists()
     assert tree_digest(tmp_path / "results" / "tiny") == before
-    # and running the first study again finds nothing to do
+    # running the first study again finds nothing to do, also after edits that change no number
     proc = subprocess.run([*args, "--configfile", "tiny.yaml", "-n"], capture_output=True, text=True, cwd=tmp_path)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+    edited = {**first, "data": {**data, "num_workers": 1}, "tracking": {"uri": "sqlite:///other.db"},
+              "metrics": {**first["metrics"], "num_workers": 1, "batch_size": 7},
+              "train": {**first["train"], "log_every": 2, "batch_gpu": 4},
+              "sampling": {**first["sampling"], "batch_size": 3}}
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
+    proc = subprocess.run([*args, "--configfile", "edited.yaml", "-n"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]

@@ -47,9 +47,10 @@ if not Path(CFG).exists():
     write_text_atomic(CFG, _resolved)
 
 
-def section_digest(*keys):
-    """Digest of study sections a rule's output depends on (a rule param, so edits re-run it)."""
-    return digest({k: STUDY[k] for k in keys})[:16]
+def identity(of) -> str:
+    """A rule param naming what its output depends on (studies.*_identity), so an edit to that,
+    and nothing else, re-runs the rule."""
+    return digest(of(STUDY))[:16]
 
 
 def one_of(names) -> str:

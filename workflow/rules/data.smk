@@ -6,7 +6,7 @@ if STUDY["data"]["synth"] is not None:
         output:
             STUDY["data"]["manifest"],
         params:
-            data=section_digest("data"),
+            data=identity(studies.data_identity),
         log:
             f"{LOGS}/synth_data.log",
         shell:
@@ -19,7 +19,7 @@ rule grain_thresholds:
     output:
         STUDY["grain"]["thresholds"],
     params:
-        rule=section_digest("data", "grain"),
+        rule=identity(studies.threshold_identity),
     log:
         f"{LOGS}/grain_thresholds.log",
     shell:

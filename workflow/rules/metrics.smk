@@ -11,7 +11,7 @@ rule sample_metrics:
     wildcard_constraints:
         name=one_of(PLAN.sample_sets),
     params:
-        metrics=section_digest("metrics"),
+        metrics=identity(studies.metrics_identity),
     threads: 2
     log:
         f"{LOGS}/metrics/{{name}}.log",

@@ -31,7 +31,7 @@ rule eval_recon:
     output:
         f"{RESULTS}/metrics/dvae/{{name}}.json",
     params:
-        metrics=section_digest("metrics"),
+        metrics=identity(studies.metrics_identity),
         ratio=lambda w: DVAES[f"dvae/{w.name}"].fine_ratio,
         seed=lambda w: DVAES[f"dvae/{w.name}"].seed,
     log:
