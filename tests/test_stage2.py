@@ -159,8 +159,10 @@ def test_d2it_parameters_are_dit_plus_routing():
 
     d, c = 1152, 4
     extra = (c * d + d) + 2 * d + (d * 2 * d + 2 * d) + (d * 2 * c + 2 * c)
-    count = sum(p.numel() for p in dct("XL", input_size=32, num_classes=1000).parameters())
-    assert count == sum(p.numel() for p in dit("XL/2").parameters()) + extra == 677_803_432
+    with torch.device("meta"):  # shapes only
+        count = sum(p.numel() for p in dct("XL", input_size=32, num_classes=1000).parameters())
+        baseline = sum(p.numel() for p in dit("XL/2").parameters())
+    assert count == baseline + extra == 677_803_432
 
 
 @pytest.mark.parametrize("batch_size", [2, 6])
