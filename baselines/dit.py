@@ -20,7 +20,8 @@ MODELS = {f"DiT-{size}/{p}": (lambda s=size, p=p, **kw: dit(f"{s}/{p}", **kw))
 
 def load_official(path, model: DiT) -> DiT:
     """Load a checkpoint of the official DiT code into `model`, unconverted: a released state dict
-    (e.g. DiT-XL-2-256x256.pt) or a training checkpoint {"model", "ema", "opt", "args"} (EMA taken)."""
+    (e.g. DiT-XL-2-256x256.pt) or a training checkpoint {"model", "ema", "opt", "args"} (EMA
+    taken)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(state["ema"] if "ema" in state else state, strict=True)
     return model

@@ -30,8 +30,8 @@ def cmd_data_synth(args) -> dict:
     cfg = _study(args)
     synth = cfg["data"]["synth"]
     if synth is None:
-        raise D2itError(f"{args.config}: data.synth is null: this study's data is a prepared folder "
-                        "(`d2it data prepare`)")
+        raise D2itError(f"{args.config}: data.synth is null: "
+                        "this study's data is a prepared folder (`d2it data prepare`)")
     out = Path(args.out) if args.out else Path(cfg["data"]["manifest"]).parent
     manifest = synthesize(out, seed=synth["seed"], resolution=cfg["data"]["resolution"],
                           n_train=synth["n_train"], n_heldout=synth["n_heldout"])
@@ -80,7 +80,8 @@ def cmd_train_model(args) -> dict:
 
     plan = _plan(args)
     if args.spec not in plan.study["specs"]:
-        raise D2itError(f"{args.config}: no spec {args.spec!r} (specs: {', '.join(plan.study['specs'])})")
+        raise D2itError(f"{args.config}: no spec {args.spec!r} "
+                        f"(specs: {', '.join(plan.study['specs'])})")
     run = plan.model(args.spec, args.seed, args.fine_ratio)
     latents = Path(args.latents) if args.latents else plan.latents(run)
     out = Path(args.out) if args.out else run.folder
@@ -97,7 +98,8 @@ def cmd_sample(args) -> dict:
         return sample(found.run.folder, found.settings, Path(args.out or found.npz), grain_run,
                       Path(args.grid) if args.grid else found.grid)
     if not (args.run_dir and args.out):
-        raise D2itError("give --sample-set NAME (`d2it study plan` lists them), or --run-dir and --out")
+        raise D2itError("give --sample-set NAME (`d2it study plan` lists them), "
+                        "or --run-dir and --out")
     settings = {**_study(args)["sampling"], "classes": None}
     return sample(Path(args.run_dir), settings, Path(args.out),
                   Path(args.grain_run) if args.grain_run else None,
@@ -196,15 +198,18 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_data_prepare)
 
     grain = sub.add_parser("grain", help="grain maps").add_subparsers(dest="action", required=True)
-    sp = with_config(grain.add_parser("thresholds", help="entropy percentiles of the training split"))
+    sp = with_config(grain.add_parser("thresholds",
+                                      help="entropy percentiles of the training split"))
     sp.add_argument("--out", help="JSON file (default: grain.thresholds)")
     sp.set_defaults(fn=cmd_grain_thresholds)
 
     tr = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
-    sp = with_dvae(with_config(tr.add_parser("dvae", help="stage 1: a DVAE at one fine ratio")), False)
+    sp = with_dvae(with_config(tr.add_parser("dvae", help="stage 1: a DVAE at one fine ratio")),
+                   False)
     sp.add_argument("--out", help="run folder (default: the study's; resumes if it holds this run)")
     sp.set_defaults(fn=cmd_train_dvae)
-    sp = with_config(tr.add_parser("model", help="stage 2: a spec (dit, d2it or grain) at one seed"))
+    sp = with_config(tr.add_parser("model",
+                                   help="stage 2: a spec (dit, d2it or grain) at one seed"))
     sp.add_argument("--spec", required=True, help="a name of the study's `specs`")
     sp.add_argument("--seed", type=int, default=0, help="training seed")
     sp.add_argument("--fine-ratio", type=float, help="grain specs: the grain maps' fine ratio")
@@ -215,14 +220,17 @@ def parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("sample", help="samples to .npz (ADM format) + PNG grid"))
     sp.add_argument("--sample-set", help="a sample set of the study (`d2it study plan`)")
     sp.add_argument("--run-dir", help="or: a dit / d2it run folder, sampled with `sampling`")
-    sp.add_argument("--grain-run", help="with --run-dir: the grain model run (grain_source predicted)")
+    sp.add_argument("--grain-run",
+                    help="with --run-dir: the grain model run (grain_source predicted)")
     sp.add_argument("--out", help=".npz to write (default: the sample set's)")
     sp.add_argument("--grid", help="PNG grid to write (default: the sample set's, or beside --out)")
     sp.set_defaults(fn=cmd_sample)
 
-    sp = with_config(sub.add_parser("metrics", help="FD / IS / KID / precision / recall of samples"))
+    sp = with_config(sub.add_parser("metrics",
+                                    help="FD / IS / KID / precision / recall of samples"))
     sp.add_argument("--samples", required=True, nargs="+",
-                    help=".npz with arr_0 (uint8 N x H x W x 3) or image folder; several: mean and std")
+                    help=".npz with arr_0 (uint8 N x H x W x 3) or image folder; "
+                         "several: mean and std")
     sp.add_argument("--out", required=True, help="metrics JSON")
     sp.set_defaults(fn=cmd_metrics)
 
@@ -240,8 +248,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--table", help="only this table's rows, e.g. table2")
     sp.set_defaults(fn=cmd_study_plan)
 
-    rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what", required=True)
-    sp = rep.add_parser("recon", help="stage-1 table: PSNR, rFD and training minutes per fine ratio")
+    rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what",
+                                                                            required=True)
+    sp = rep.add_parser("recon",
+                        help="stage-1 table: PSNR, rFD and training minutes per fine ratio")
     sp.add_argument("metrics", nargs="+", help="metrics JSON files of `d2it eval recon`")
     sp.add_argument("--out", required=True, help="CSV to write")
     sp.set_defaults(fn=cmd_report_recon)

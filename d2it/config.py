@@ -65,12 +65,14 @@ def validate(config: dict, source: str = "config") -> dict:
 
 
 def _check_consistency(config: dict, source: str) -> None:
-    from d2it.models.dvae import PRESETS  # the preset's fine factor ties the grain region to the DVAE
+    # the preset's fine factor ties the grain region to the DVAE
+    from d2it.models.dvae import PRESETS
 
     grain, preset = config["grain"], config["dvae"]["preset"]
     factor = PRESETS[preset]["fine_factor"]
     if grain["region"] != 2 * factor:
-        raise D2itError(f"{source}: grain.region = {grain['region']} must be one coarse latent cell, "
+        raise D2itError(f"{source}: grain.region = {grain['region']} "
+                        "must be one coarse latent cell, "
                         f"2 x the fine factor {factor} of dvae.preset {preset!r}")
     if config["data"]["resolution"] % grain["region"]:
         raise D2itError(f"{source}: data.resolution = {config['data']['resolution']} is not a "
@@ -119,4 +121,5 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict:
 
 def digest(obj) -> str:
     """sha256 of the canonical JSON form: identifies a run's configuration."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(obj, sort_keys=True,
+                                     separators=(",", ":")).encode()).hexdigest()

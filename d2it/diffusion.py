@@ -24,7 +24,8 @@ def linear_betas(num_timesteps: int = 1000) -> np.ndarray:
 
 
 def spaced_timesteps(num_timesteps: int, count: int) -> list[int]:
-    """`count` evenly spaced steps of 0..T-1, first and last included (iDDPM's single-section rule)."""
+    """`count` evenly spaced steps of 0..T-1, first and last included (iDDPM's single-section
+    rule)."""
     if not 1 <= count <= num_timesteps:
         raise ValueError(f"cannot take {count} steps from {num_timesteps}")
     if count == 1:
@@ -34,7 +35,8 @@ def spaced_timesteps(num_timesteps: int, count: int) -> list[int]:
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def _std_normal_cdf(x):
@@ -49,14 +51,16 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale):
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1 - cdf_min).clamp(min=1e-12))
     log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+    return torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
 class GaussianDiffusion:
-    """q and p of a (possibly respaced) chain. `timesteps[i]` is the original step the model sees for
-    chain index i, so a respaced chain runs the model trained on the full one."""
+    """q and p of a (possibly respaced) chain. `timesteps[i]` is the original step the model sees
+    for chain index i, so a respaced chain runs the model trained on the full one."""
 
-    def __init__(self, betas: np.ndarray, learn_sigma: bool = True, timesteps: list[int] | None = None):
+    def __init__(self, betas: np.ndarray, learn_sigma: bool = True,
+                 timesteps: list[int] | None = None):
         self.betas = betas = np.asarray(betas, dtype=np.float64)
         self.num_timesteps = len(betas)
         self.learn_sigma = learn_sigma
@@ -67,12 +71,16 @@ class GaussianDiffusion:
         self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
         self.posterior_variance = betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
         # The variance at t = 0 is 0: clip the log with the t = 1 value, as iDDPM.
-        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
-        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1 - self.alphas_cumprod)
+        self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1],
+                                                               self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = (betas * np.sqrt(self.alphas_cumprod_prev)
+                                     / (1 - self.alphas_cumprod))
+        self.posterior_mean_coef2 = ((1 - self.alphas_cumprod_prev) * np.sqrt(alphas)
+                                     / (1 - self.alphas_cumprod))
 
     @classmethod
-    def dit(cls, num_timesteps: int = 1000, sampling_steps: int | None = None, learn_sigma: bool = True):
+    def dit(cls, num_timesteps: int = 1000, sampling_steps: int | None = None,
+            learn_sigma: bool = True):
         """DiT's process (linear betas, T = 1000), respaced to `sampling_steps` if given."""
         betas = linear_betas(num_timesteps)
         if sampling_steps is None or sampling_steps == num_timesteps:
@@ -89,34 +97,43 @@ class GaussianDiffusion:
 
     # -- forward process -----------------------------------------------------------------------
     def q_mean_variance(self, x0, t):
-        return (self._at(np.sqrt(self.alphas_cumprod), t, x0) * x0, self._at(1 - self.alphas_cumprod, t, x0))
+        return (self._at(np.sqrt(self.alphas_cumprod), t, x0) * x0,
+                self._at(1 - self.alphas_cumprod, t, x0))
 
     def q_sample(self, x0, t, noise):
-        return self._at(np.sqrt(self.alphas_cumprod), t, x0) * x0 + self._at(np.sqrt(1 - self.alphas_cumprod), t, x0) * noise
+        return (self._at(np.sqrt(self.alphas_cumprod), t, x0) * x0
+                + self._at(np.sqrt(1 - self.alphas_cumprod), t, x0) * noise)
 
     def q_posterior(self, x0, xt, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = self._at(self.posterior_mean_coef1, t, xt) * x0 + self._at(self.posterior_mean_coef2, t, xt) * xt
-        return mean, self._at(self.posterior_variance, t, xt), self._at(self.posterior_log_variance_clipped, t, xt)
+        mean = (self._at(self.posterior_mean_coef1, t, xt) * x0
+                + self._at(self.posterior_mean_coef2, t, xt) * xt)
+        return (mean, self._at(self.posterior_variance, t, xt),
+                self._at(self.posterior_log_variance_clipped, t, xt))
 
     # -- reverse process -----------------------------------------------------------------------
     def x0_from_eps(self, xt, t, eps):
-        return self._at(np.sqrt(1 / self.alphas_cumprod), t, xt) * xt - self._at(np.sqrt(1 / self.alphas_cumprod - 1), t, xt) * eps
+        return (self._at(np.sqrt(1 / self.alphas_cumprod), t, xt) * xt
+                - self._at(np.sqrt(1 / self.alphas_cumprod - 1), t, xt) * eps)
 
     def eps_from_x0(self, xt, t, x0):
-        return (self._at(np.sqrt(1 / self.alphas_cumprod), t, xt) * xt - x0) / self._at(np.sqrt(1 / self.alphas_cumprod - 1), t, xt)
+        return ((self._at(np.sqrt(1 / self.alphas_cumprod), t, xt) * xt - x0)
+                / self._at(np.sqrt(1 / self.alphas_cumprod - 1), t, xt))
 
-    def split_output(self, out: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def split_output(self, out: torch.Tensor,
+                     channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return (out[:, :channels], out[:, channels:]) if self.learn_sigma else (out, None)
 
     def p_mean_variance(self, out, xt, t, clip_denoised: bool = False):
-        """Mean, log-variance and x0 estimate of p(x_{t-1} | x_t) from the model output at chain step t."""
+        """Mean, log-variance and x0 estimate of p(x_{t-1} | x_t) from the model output at chain
+        step t."""
         eps, v = self.split_output(out, xt.shape[1])
         if v is None:  # fixed variance: the upper bound beta_t (posterior variance at t = 0)
             logvar = self._at(np.log(np.append(self.posterior_variance[1], self.betas[1:])), t, xt)
         else:  # learned range: interpolate between the posterior variance and beta in log space
             frac = (v + 1) / 2
-            logvar = frac * self._at(np.log(self.betas), t, xt) + (1 - frac) * self._at(self.posterior_log_variance_clipped, t, xt)
+            logvar = (frac * self._at(np.log(self.betas), t, xt)
+                      + (1 - frac) * self._at(self.posterior_log_variance_clipped, t, xt))
         x0 = self.x0_from_eps(xt, t, eps)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
@@ -124,8 +141,9 @@ class GaussianDiffusion:
         return mean, logvar, x0, eps
 
     def training_maps(self, model_fn, x0, t, noise) -> dict[str, torch.Tensor]:
-        """Per-position loss maps (B x H x W, averaged over channels) of the hybrid objective: ε-MSE
-        and L_vlb in bits. The caller reduces them (plain mean for DiT, per grain for D²iT)."""
+        """Per-position loss maps (B x H x W, averaged over channels) of the hybrid objective:
+        ε-MSE and L_vlb in bits. The caller reduces them (plain mean for DiT, per grain for
+        D²iT)."""
         xt = self.q_sample(x0, t, noise)
         out = model_fn(xt, self.timesteps.to(t.device)[t])
         eps, v = self.split_output(out, x0.shape[1])
@@ -165,8 +183,10 @@ class GaussianDiffusion:
             t, out = self._model(model_fn, x, i)
             _, _, x0, _ = self.p_mean_variance(out, x, t)
             eps = self.eps_from_x0(x, t, x0)
-            abar, abar_prev = self._at(self.alphas_cumprod, t, x), self._at(self.alphas_cumprod_prev, t, x)
-            sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar)) * torch.sqrt(1 - abar / abar_prev)
+            abar = self._at(self.alphas_cumprod, t, x)
+            abar_prev = self._at(self.alphas_cumprod_prev, t, x)
+            sigma = (eta * torch.sqrt((1 - abar_prev) / (1 - abar))
+                     * torch.sqrt(1 - abar / abar_prev))
             x = x0 * torch.sqrt(abar_prev) + torch.sqrt(1 - abar_prev - sigma**2) * eps
             if i > 0 and eta > 0:
                 x = x + sigma * noise_fn(shape)
@@ -178,7 +198,8 @@ def guided(model_fn, null_label: int, scale: float, channels: int | None = None)
     """Classifier-free guidance: ε = ε_uncond + s (ε_cond - ε_uncond) on the first `channels` ε
     channels (all when None; DiT's released sampler guides 3 of 4). Batches both branches."""
     def fn(x, t, y, **kw):
-        out = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]),
+        out = model_fn(torch.cat([x, x]), torch.cat([t, t]),
+                       torch.cat([y, torch.full_like(y, null_label)]),
                        **{k: torch.cat([v, v]) for k, v in kw.items()})
         cond, uncond = out.chunk(2)
         c = channels if channels is not None else x.shape[1]

@@ -34,8 +34,10 @@ def region_entropy(images: torch.Tensor, region: int, bins: int, sigma: float) -
     b, _, h, w = images.shape
     if h % region or w % region:
         raise D2itError(f"image size {h}x{w} is not a multiple of the grain region {region}")
-    with torch.autocast(images.device.type, enabled=False):  # sigma = 0.01 needs fp32 grey levels, not bf16
-        grey = torch.einsum("bchw,c->bhw", images.float(), images.new_tensor(GREY, dtype=torch.float32))
+    # sigma = 0.01 needs fp32 grey levels, not bf16
+    with torch.autocast(images.device.type, enabled=False):
+        grey = torch.einsum("bchw,c->bhw", images.float(),
+                            images.new_tensor(GREY, dtype=torch.float32))
     x = grey.reshape(b, h // region, region, w // region, region).permute(0, 1, 3, 2, 4)
     x = x.reshape(-1, region * region, 1) + 1  # bin j sits at j * step on this shifted axis
     step = 2 / (bins - 1)
@@ -50,7 +52,8 @@ def region_entropy(images: torch.Tensor, region: int, bins: int, sigma: float) -
 
 
 def compute_thresholds(loader, region: int, bins: int, sigma: float, dataset_digest: str) -> dict:
-    """Percentile table of region entropies over a split (`loader` yields (uint8 images, labels))."""
+    """Percentile table of region entropies over a split (`loader` yields (uint8 images,
+    labels))."""
     values = torch.cat([region_entropy(to_signed(x), region, bins, sigma).flatten()
                         for x, _ in tqdm(loader, desc="entropy", unit="batch")]).double().numpy()
     return {"percentiles": PERCENTILES.tolist(),
@@ -67,7 +70,8 @@ def threshold_for(thresholds: dict, fine_ratio: float) -> float:
 
 
 def grain_map(images: torch.Tensor, thresholds: dict, fine_ratio: float) -> torch.Tensor:
-    """Bool B x h x w (True = fine) for images in [-1, 1], with the table's region, bins and sigma."""
+    """Bool B x h x w (True = fine) for images in [-1, 1], with the table's region, bins and
+    sigma."""
     b, _, h, w = images.shape
     region, threshold = thresholds["region"], threshold_for(thresholds, fine_ratio)
     if fine_ratio in (0, 1):  # all coarse / all fine by definition, whatever the ties at the ends
@@ -81,7 +85,8 @@ def expand(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
 
 
 def block_mean(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """Mean over each factor x factor block of a ... x C x H x W tensor, at the coarse resolution."""
+    """Mean over each factor x factor block of a ... x C x H x W tensor, at the coarse
+    resolution."""
     return F.avg_pool2d(x, factor)
 
 
@@ -94,10 +99,12 @@ def load_thresholds(path, dataset_digest: str) -> dict:
     """A percentile table from `d2it grain thresholds`, checked to belong to this dataset."""
     path = Path(path)
     if not path.exists():
-        raise D2itError(f"{path}: grain thresholds not found (make them with `d2it grain thresholds`)")
+        raise D2itError(f"{path}: grain thresholds not found "
+                        "(make them with `d2it grain thresholds`)")
     table = json.loads(path.read_text())
     if table.get("dataset") != dataset_digest:
-        raise D2itError(f"{path}: thresholds were computed on another dataset than the configured manifest")
+        raise D2itError(f"{path}: thresholds were computed on another dataset "
+                        "than the configured manifest")
     return table
 
 
@@ -107,16 +114,19 @@ def project_coarse(x: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
     return merge(x, block_mean(x), grain)
 
 
-def multigrain_noise(shape: tuple, grain: torch.Tensor, generators: list[torch.Generator] | None = None,
+def multigrain_noise(shape: tuple, grain: torch.Tensor,
+                     generators: list[torch.Generator] | None = None,
                      dtype=torch.float32) -> torch.Tensor:
     """N(0, I) per fine position in fine regions; one N(0, I) draw per coarse region, copied 2x2.
     With `generators` (one per sample), sample i's noise depends only on its own generator."""
     b, c, h, w = shape
-    fine, coarse = randn((b, c, h, w), generators, dtype), randn((b, c, h // 2, w // 2), generators, dtype)
+    fine = randn((b, c, h, w), generators, dtype)
+    coarse = randn((b, c, h // 2, w // 2), generators, dtype)
     return merge(fine, coarse, grain)
 
 
-def randn(shape: tuple, generators: list[torch.Generator] | None = None, dtype=torch.float32) -> torch.Tensor:
+def randn(shape: tuple, generators: list[torch.Generator] | None = None,
+          dtype=torch.float32) -> torch.Tensor:
     """Standard normal noise, drawn per sample from its own generator when generators are given."""
     if generators is None:
         return torch.randn(shape, dtype=dtype)

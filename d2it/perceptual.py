@@ -22,13 +22,16 @@ class LPIPS(nn.Module):
     def __init__(self, lpips_weights: str | None, vgg16_weights: str | None):
         super().__init__()
         paths = {"lpips_weights": lpips_weights, "vgg16_weights": vgg16_weights}
-        missing = [f"metrics.{k} ({LPIPS_FILES[k]})" for k, p in paths.items() if not p or not Path(p).is_file()]
+        missing = [f"metrics.{k} ({LPIPS_FILES[k]})" for k, p in paths.items()
+                   if not p or not Path(p).is_file()]
         if missing:
-            raise D2itError("LPIPS weights not found: set " + " and ".join(missing) + " to files downloaded on a "
-                            "machine with network access, or use dvae.perceptual: effnet (offline)")
+            raise D2itError("LPIPS weights not found: set " + " and ".join(missing)
+                            + " to files downloaded on a machine with network access, "
+                            "or use dvae.perceptual: effnet (offline)")
         from torch_fidelity.sample_similarity_lpips import SampleSimilarityLPIPS
 
-        # torch-fidelity and torchvision read both files from the torch hub cache; point it at links.
+        # torch-fidelity and torchvision read both files from the torch hub cache; point it at
+        # links.
         old_dir = torch.hub.get_dir()
         with tempfile.TemporaryDirectory() as hub:
             (Path(hub) / "checkpoints").mkdir()

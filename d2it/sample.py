@@ -67,7 +67,8 @@ class DiTSampling:
         if digest(dvae_record["identity"]) != digest(record["identity"]["dvae"]):
             raise D2itError(f"{self.latent['dvae_run']}: not the DVAE run {run_dir} was trained on")
         self.dvae.to(device)
-        self.sampler = _sampler(record["identity"]["diffusion"], settings, record["arch"]["learn_sigma"])
+        self.sampler = _sampler(record["identity"]["diffusion"], settings,
+                                record["arch"]["learn_sigma"])
         self.model = model.to(device)
         if settings["cfg_scale"] != 1:
             if model.y_embedder.embedding_table.num_embeddings == self.classes:
@@ -198,7 +199,8 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     names = ("arr_0", "labels", "grain")
     mine = _indices(s["n"], s["batch_size"], dist.rank, dist.world)
-    parts = [job.batch(idx) for idx in tqdm(mine, desc="sample", unit="batch", disable=not dist.main)]
+    parts = [job.batch(idx)
+             for idx in tqdm(mine, desc="sample", unit="batch", disable=not dist.main)]
     if dist.world > 1:
         if parts:
             arrays = {k: torch.cat([p[j] for p in parts]).numpy() for j, k in enumerate(names)}
@@ -226,7 +228,8 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
               "grain_source": job.source if kind == "d2it" else None,
               "fine_fraction": float(arrays["grain"].mean()),
               "gt_fine_fraction_train": job.latent["fine_fraction"],
-              **{k: s[k] for k in ("seed", "cfg_scale", "cfg_channels", "sampler", "steps", "classes")},
+              **{k: s[k] for k in ("seed", "cfg_scale", "cfg_channels", "sampler", "steps",
+                                   "classes")},
               "bf16": s["bf16"] and dist.device.type == "cuda", "world_size": dist.world}
     write_json_atomic(out.with_suffix(".json"), result)
     return result

@@ -35,7 +35,8 @@ def run_record(study: dict, fine_ratio: float, seed: int) -> dict:
                         "`d2it grain thresholds`)")
     arch = dvae_architecture(study["dvae"]["preset"], study["data"]["resolution"], fine_ratio)
     return {"identity": dvae_identity(study, fine_ratio, seed), "arch": arch,
-            "inputs": {"dataset_digest": manifest.digest(), "thresholds_sha256": sha256_file(thresholds)},
+            "inputs": {"dataset_digest": manifest.digest(),
+                       "thresholds_sha256": sha256_file(thresholds)},
             "files": {"manifest": study["data"]["manifest"], "thresholds": str(thresholds)}}
 
 
@@ -182,8 +183,8 @@ def evaluate_recon(study: dict, run_dir: Path, out: Path) -> dict:
               "fine_ratio": record["identity"]["grain_maps"]["fine_ratio"],
               "fine_fraction": torch.stack(fine).mean().item(),
               "extractor": extractor.name, "extractor_sha256": extractor.sha256,
-              "protocol": f"posterior-mean reconstructions of {n} held-out images vs the originals; "
-                          f"FD on {extractor.name} pooled features{note}",
+              "protocol": f"posterior-mean reconstructions of {n} held-out images vs the "
+                          f"originals; FD on {extractor.name} pooled features{note}",
               "run": str(run_dir), "run_digest": digest(record["identity"])}
     write_json_atomic(out, result)
     return result

@@ -19,9 +19,9 @@ from d2it.train import seed_all, train
 
 def dynamic_grain_loss(loss_map: torch.Tensor, grain: torch.Tensor, coarse_weight: float,
                        fine_weight: float) -> torch.Tensor:
-    """Per image, λ_c · mean over its coarse regions (each counted once, not 4x) + λ_f · mean over
-    its fine positions (a grain the image lacks adds 0), then the mean over images: a mean over
-    images like DiT's loss, so any split of the batch over processes gives the same gradient.
+    """Per image, λ_c · mean over its coarse regions (each counted once, not 4x) + λ_f · mean
+    over its fine positions (a grain the image lacks adds 0), then the mean over images: a mean
+    over images like DiT's loss, so any split of the batch over processes gives the same gradient.
     loss_map: B x H x W on the fine grid, identical within each coarse 2x2 block."""
     coarse = ~grain
     fine = expand(grain)
@@ -99,7 +99,8 @@ class D2iTTask(DiTTask):
     def reduce(self, loss_map, grain):
         if not self.spec["dynamic_grain_loss"]:
             return loss_map.mean()
-        return dynamic_grain_loss(loss_map, grain, self.spec["coarse_weight"], self.spec["fine_weight"])
+        return dynamic_grain_loss(loss_map, grain, self.spec["coarse_weight"],
+                                  self.spec["fine_weight"])
 
 
 class GrainTask(DiTTask):
@@ -121,7 +122,8 @@ def run_record(study: dict, spec_name: str, seed: int, cache: LatentCache,
     if "dvae" in identity and cache.meta["dvae_digest"] != digest(identity["dvae"]):
         raise D2itError(f"{cache.folder}: made by another DVAE run ({cache.meta['dvae_run']}) than "
                         f"specs.{spec_name} at seed {seed} trains on")
-    if "grain_maps" in identity and cache.meta["grain_maps_digest"] != digest(identity["grain_maps"]):
+    if ("grain_maps" in identity
+            and cache.meta["grain_maps_digest"] != digest(identity["grain_maps"])):
         raise D2itError(f"{cache.folder}: holds other grain maps than specs.{spec_name} at fine "
                         f"ratio {fine_ratio} trains on")
     if cache.num_classes != study["data"]["classes"]:

@@ -293,7 +293,8 @@ class Plan:
     def sample_set(self, spec_name: str, seed: int, settings: dict) -> SampleSet:
         run = self.model(spec_name, seed)
         kind = self.study["specs"][spec_name]["kind"]
-        settings = {**settings, "grain_source": settings["grain_source"] if kind == "d2it" else None}
+        settings = {**settings,
+                    "grain_source": settings["grain_source"] if kind == "d2it" else None}
         if settings["cfg_scale"] == 1:
             settings["cfg_channels"] = None  # no guidance: which channels it would touch is moot
         predicted = settings["grain_source"] == "predicted"
@@ -354,7 +355,8 @@ def row_settings(study: dict, table: str, row_id: str) -> dict:
 def figure_settings(study: dict, fig: str) -> dict:
     figure = study["figures"][fig]
     settings = {**study["sampling"], **{k: figure[k] for k in ROW_KEYS if k in figure}}
-    return {**settings, "spec": figure["spec"], "seeds": [figure["seed"]], "classes": figure["classes"]}
+    return {**settings, "spec": figure["spec"], "seeds": [figure["seed"]],
+            "classes": figure["classes"]}
 
 
 def plan(study: dict) -> Plan:
@@ -363,7 +365,8 @@ def plan(study: dict) -> Plan:
     for table, spec in study["tables"].items():
         for row_id in spec["rows"]:
             settings = row_settings(study, table, row_id)
-            sets = [result.sample_set(settings["spec"], seed, settings) for seed in settings["seeds"]]
+            sets = [result.sample_set(settings["spec"], seed, settings)
+                    for seed in settings["seeds"]]
             result.rows.append(Row(table, row_id, settings["spec"], sets[0].settings, sets))
     for fig in study["figures"]:
         settings = figure_settings(study, fig)

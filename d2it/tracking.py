@@ -15,10 +15,11 @@ log = logging.getLogger(__name__)
 
 def git_commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5,
+                               cwd=Path(__file__).parent).stdout.strip()
         return f"{sha}{'-dirty' if dirty else ''}" if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -35,16 +36,19 @@ def flatten(d: dict, prefix: str = "") -> dict:
 class Tracker:
     def __init__(self, out: Path, uri: str | None, experiment: str, run_name: str, params: dict,
                  tags: dict, resume_step: int, write: bool = True):
-        self.jsonl, self.write = Path(out) / "metrics.jsonl", write  # write=False: a non-main DDP process
+        self.jsonl = Path(out) / "metrics.jsonl"
+        self.write = write  # write=False: a non-main DDP process
         if write:
-            self._truncate_after(resume_step)  # a resumed run re-logs the steps after its checkpoint
+            # a resumed run re-logs the steps after its checkpoint
+            self._truncate_after(resume_step)
         self.client = self.run_id = None
         if uri:
             self._start_mlflow(Path(out) / "mlflow_run_id", uri, experiment, run_name, params, tags)
 
     def _truncate_after(self, step: int) -> None:
         if self.jsonl.exists():
-            lines = [l for l in self.jsonl.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+            lines = [l for l in self.jsonl.read_text().splitlines()
+                     if l and json.loads(l)["step"] <= step]
             self.jsonl.write_text("".join(l + "\n" for l in lines))
 
     def _start_mlflow(self, id_file, uri, experiment, run_name, params, tags) -> None:
@@ -61,7 +65,8 @@ class Tracker:
             exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
             id_file.write_text(self.run_id)
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000])
+                                                       for k, v in flatten(params).items()])
         except Exception as e:  # noqa: BLE001 - any tracking failure must leave training running
             self._disable(e)
 

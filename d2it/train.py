@@ -50,8 +50,8 @@ class Task(Protocol):
     def losses(self, batch, step: int, shard: "Shard") -> Iterator[tuple[str, torch.Tensor, dict]]:
         """Yield (phase, loss, logged values) of one micro-batch in order; the loop accumulates each
         phase's gradients and steps its optimiser after the step's last micro-batch. Losses are
-        means over the micro-batch's rows. Draw randomness through `shard`, so numbers do not depend on
-        the number of processes or the per-GPU batch."""
+        means over the micro-batch's rows. Draw randomness through `shard`, so numbers do not depend
+        on the number of processes or the per-GPU batch."""
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -329,7 +329,8 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     task.to(dist.device)
     model = task.modules["model"]
     optimisers = {name: torch.optim.AdamW(module.parameters(), lr=cfg["lr"],
-                                          betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+                                          betas=tuple(cfg["betas"]),
+                                          weight_decay=cfg["weight_decay"])
                   for name, module in task.phases.items()}
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
            if cfg["ema"] is not None else None)
@@ -373,7 +374,8 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                            dist.rank, dist.world, rounds)
     loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=batches,
                                          num_workers=num_workers,
-                                         generator=torch.Generator().manual_seed(seed))  # keeps global RNG
+                                         # keeps global RNG
+                                         generator=torch.Generator().manual_seed(seed))
     micro_batches = iter(loader)
     shard = Shard(seed, cfg["batch_size"], dist.device)
     sums, count, status = {}, 0, "FAILED"
@@ -390,14 +392,15 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                 for r in range(rounds):
                     batch = [b.to(dist.device) for b in next(micro_batches)]
                     first = dist.rank + dist.world * r * batch_gpu  # this micro-batch's first row
-                    shard.begin(step, torch.arange(first, cfg["batch_size"], dist.world)[:batch_gpu])
+                    shard.begin(step,
+                                torch.arange(first, cfg["batch_size"], dist.world)[:batch_gpu])
                     with dist.sync(r == rounds - 1):
-                        for phase, loss, logged in _phase_losses(task, batch, step, shard, dist.device,
-                                                                 cfg["bf16"]):
+                        for phase, loss, logged in _phase_losses(task, batch, step, shard,
+                                                                 dist.device, cfg["bf16"]):
                             if not torch.isfinite(loss):
-                                raise D2itError(f"{out}: non-finite {phase} loss ({loss.item()}) at "
-                                                f"step {step}; stopped, the last good checkpoint "
-                                                f"stays in {ckpts.folder}")
+                                raise D2itError(f"{out}: non-finite {phase} loss "
+                                                f"({loss.item()}) at step {step}; stopped, "
+                                                f"the last good checkpoint stays in {ckpts.folder}")
                             if phase not in stepped:
                                 optimisers[phase].zero_grad(set_to_none=True)
                                 stepped.add(phase)

@@ -1,4 +1,5 @@
-"""Study configs: schema defaults, one error naming the key for every bad value, cross-references."""
+"""Study configs: schema defaults, one error naming the key for every bad value,
+cross-references."""
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ def test_default_study_validates_and_fills_paper_defaults():
 def test_shared_definition_takes_its_own_default_and_rejects_bad_values():
     cfg = config.validate({"name": "t"})
     assert cfg["data"]["num_workers"] == 0 and cfg["metrics"]["num_workers"] == "auto"
-    assert config.validate({"name": "t", "data": {"num_workers": "auto"}})["data"]["num_workers"] == "auto"
+    assert (config.validate({"name": "t", "data": {"num_workers": "auto"}})["data"]["num_workers"]
+            == "auto")
     with pytest.raises(D2itError, match=r"metrics\.num_workers: 'many' is not valid"):
         config.validate({"name": "t", "metrics": {"num_workers": "many"}})
     with pytest.raises(D2itError, match=r"'name' is a required property"):
@@ -45,7 +47,8 @@ def test_spec_keys_are_checked_per_kind(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cpu))
     with pytest.raises(D2itError, match=r"c\.yaml: specs\.dit: .*'refine_depth' was unexpected"):
         study.load(tmp_path / "c.yaml")
-    with pytest.raises(D2itError, match=r"specs\.d2it\.fine_ratio: 1\.5 is greater than the maximum of 1"):
+    with pytest.raises(D2itError,
+                       match=r"specs\.d2it\.fine_ratio: 1\.5 is greater than the maximum of 1"):
         study.load(CPU, ["specs.d2it.fine_ratio=1.5"])
     with pytest.raises(D2itError, match=r"specs\.dgt\.heads: 0 is less than the minimum of 1"):
         study.load(CPU, ["specs.dgt.heads=0"])
@@ -54,19 +57,21 @@ def test_spec_keys_are_checked_per_kind(tmp_path):
 
 
 def test_references_between_rows_and_specs_are_named():
-    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.dit_xl\.spec: 'ditt' is not a dit or d2it "
-                                        r"spec \(known: d2it, .*dit\)"):
+    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.dit_xl\.spec: 'ditt' "
+                                        r"is not a dit or d2it spec \(known: d2it, .*dit\)"):
         study.load(CPU, ["tables.table2.rows.dit_xl.spec=ditt"])
-    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.dit_xl\.spec: 'dgt' is not a dit or d2it"):
+    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.dit_xl\.spec: 'dgt' "
+                                        r"is not a dit or d2it"):
         study.load(CPU, ["tables.table2.rows.dit_xl.spec=dgt"])
     with pytest.raises(D2itError, match=r"specs\.d2it\.grain_model: 'dit' is not a grain spec"):
         study.load(CPU, ["specs.d2it.grain_model=dit"])
-    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.d2it_xl: grain_source predicted needs "
-                                        r"specs\.d2it\.grain_model"):
+    with pytest.raises(D2itError, match=r"tables\.table2\.rows\.d2it_xl: "
+                                        r"grain_source predicted needs specs\.d2it\.grain_model"):
         study.load(CPU, ["specs.d2it.grain_model=null"])
     with pytest.raises(D2itError, match=r"specs\.d2it: refine_depth 5 is outside \[0, depth = 4\]"):
         study.load(CPU, ["specs.d2it.refine_depth=5"])
-    with pytest.raises(D2itError, match=r"figures\.fig4\.classes: 10 is not a class of data\.classes = 10"):
+    with pytest.raises(D2itError,
+                       match=r"figures\.fig4\.classes: 10 is not a class of data\.classes = 10"):
         study.load(CPU, ["figures.fig4.classes=[10]"])
 
 
@@ -74,12 +79,14 @@ def test_guidance_needs_labels_to_drop(tmp_path):
     with pytest.raises(D2itError, match=r"tables\.table2\.rows\.dit_xl_g\.cfg_scale: 1\.5 needs "
                                         r"class-conditional data"):
         study.load(CPU, ["data.classes=1"])
-    with pytest.raises(D2itError, match=r"rows\.dit_xl_g\.cfg_scale: 1\.5 needs .*class_dropout > 0"):
+    with pytest.raises(D2itError,
+                       match=r"rows\.dit_xl_g\.cfg_scale: 1\.5 needs .*class_dropout > 0"):
         study.load(CPU, ["specs.dit.class_dropout=0"])
 
 
 def test_unknown_override_and_inconsistent_region():
-    with pytest.raises(D2itError, match=r"with --set grain\.ratio=0\.5: grain: .*'ratio' was unexpected"):
+    with pytest.raises(D2itError,
+                       match=r"with --set grain\.ratio=0\.5: grain: .*'ratio' was unexpected"):
         study.load(CPU, ["grain.ratio=0.5"])
     with pytest.raises(D2itError, match="unknown config key 'grian.ratio'"):
         study.load(CPU, ["grian.ratio=0.5"])
@@ -90,17 +97,20 @@ def test_unknown_override_and_inconsistent_region():
 def test_cli_reports_one_line_error_and_exit_code_2(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: t\ndvae: {preset: huge}\n")
-    proc = subprocess.run([sys.executable, "-m", "d2it.cli", "grain", "thresholds", "--config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "d2it.cli", "grain", "thresholds",
+                           "--config", str(path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("d2it: error:") and "dvae.preset: 'huge' is not one of" in proc.stderr
+    assert (proc.stderr.strip().startswith("d2it: error:")
+            and "dvae.preset: 'huge' is not one of" in proc.stderr)
     assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("name", ["ffhq256.yaml", "imagenet256.yaml"])
 def test_paper_studies_validate(name):
     cfg = study.load(REPO / "config" / name)
-    assert cfg["data"]["resolution"] == 256 and cfg["grain"]["region"] == 16 and cfg["grain"]["bins"] == 256
+    assert (cfg["data"]["resolution"] == 256 and cfg["grain"]["region"] == 16
+            and cfg["grain"]["bins"] == 256)
     assert cfg["train"]["batch_size"] == 256 and cfg["sampling"]["steps"] == 250
 
 

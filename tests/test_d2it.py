@@ -16,7 +16,8 @@ def coarse_blocks_constant(x, grain, atol=0.0):
 
 
 def randomised(model):
-    """Random weights everywhere (DiT zero-initialises its gates and heads, which hides the wiring)."""
+    """Random weights everywhere (DiT zero-initialises its gates and heads, which hides the
+    wiring)."""
     torch.manual_seed(1)
     for p in model.parameters():
         if p.requires_grad:
@@ -37,7 +38,8 @@ def test_multigrain_noise_keeps_coarse_blocks_constant_at_every_t(grain):
     assert coarse_blocks_constant(noise, grain) and not coarse_blocks_constant(noise, ~grain)
     for t in (0, 10, 500, 999):
         assert coarse_blocks_constant(diffusion.q_sample(x0, torch.full((3,), t), noise), grain)
-    assert torch.allclose(noise[expand(grain)[:, None].expand_as(noise)].std(), torch.tensor(1.0), atol=0.2)
+    assert torch.allclose(noise[expand(grain)[:, None].expand_as(noise)].std(), torch.tensor(1.0),
+                          atol=0.2)
 
 
 def test_reverse_steps_stay_on_the_grain_subspace(grain):
@@ -50,12 +52,15 @@ def test_reverse_steps_stay_on_the_grain_subspace(grain):
         seen.append(coarse_blocks_constant(x, grain, atol=1e-5))
         return x
 
-    diffusion.ddpm_sample(lambda x, t: model(x, t, labels, grain), lambda s: multigrain_noise(s, grain), (3, 4, 8, 8), check)
-    assert len(seen) == 21 and all(seen)  # routing copies coarse ε, so only rounding could move copies apart
+    diffusion.ddpm_sample(lambda x, t: model(x, t, labels, grain),
+                          lambda s: multigrain_noise(s, grain), (3, 4, 8, 8), check)
+    # routing copies coarse ε, so only rounding could move copies apart
+    assert len(seen) == 21 and all(seen)
     x = torch.randn(3, 4, 8, 8)
     projected = project_coarse(x, grain)
     assert coarse_blocks_constant(projected, grain)
-    assert torch.allclose(block_mean(projected), block_mean(x), atol=1e-6)  # each block keeps its mean
+    # each block keeps its mean
+    assert torch.allclose(block_mean(projected), block_mean(x), atol=1e-6)
     fine = expand(grain)[:, None].expand_as(x)
     assert torch.equal(projected[fine], x[fine])
 
@@ -76,7 +81,8 @@ def test_dynamic_grain_loss_weighs_each_grain_equally_whatever_its_area():
 
 def test_dynamic_grain_loss_is_a_mean_over_images():
     """Per image: λ_c x its coarse regions' mean (one value per 2x2 block) + λ_f x its fine
-    positions' mean; a grain the image lacks adds 0. So any split of a batch averages to the same."""
+    positions' mean; a grain the image lacks adds 0. So any split of a batch averages to the
+    same."""
     torch.manual_seed(1)
     grain = torch.rand(5, 3, 3) < 0.5
     grain[3] = True  # an image without coarse regions
@@ -87,9 +93,12 @@ def test_dynamic_grain_loss_is_a_mean_over_images():
     for m, g in zip(loss_map, grain):
         coarse = block_mean(m[None, None])[0, 0][~g]
         fine = m[expand(g)]
-        expected.append(0.3 * (coarse.mean() if len(coarse) else 0) + 0.7 * (fine.mean() if len(fine) else 0))
-    assert dynamic_grain_loss(loss_map, grain, 0.3, 0.7) == pytest.approx(torch.stack(expected).mean().item())
-    halves = [dynamic_grain_loss(loss_map[i], grain[i], 0.3, 0.7) for i in (slice(0, 2), slice(2, 4))]
+        expected.append(0.3 * (coarse.mean() if len(coarse) else 0)
+                        + 0.7 * (fine.mean() if len(fine) else 0))
+    assert (dynamic_grain_loss(loss_map, grain, 0.3, 0.7)
+            == pytest.approx(torch.stack(expected).mean().item()))
+    halves = [dynamic_grain_loss(loss_map[i], grain[i], 0.3, 0.7)
+              for i in (slice(0, 2), slice(2, 4))]
     four = dynamic_grain_loss(loss_map[:4], grain[:4], 0.3, 0.7)
     assert four == pytest.approx(((halves[0] + halves[1]) / 2).item())
 
@@ -123,7 +132,8 @@ def test_refinenet_only_changes_fine_predictions(grain):
         model.refine_blocks[0].mlp.fc2.bias.add_(1.0)
     after = model(x, t, y, grain)
     fine = expand(grain)[:, None].expand_as(before)
-    assert torch.equal(before[~fine], after[~fine]) and not torch.allclose(before[fine], after[fine])
+    assert (torch.equal(before[~fine], after[~fine])
+            and not torch.allclose(before[fine], after[fine]))
 
 
 def test_tiny_models_have_equal_budgets():

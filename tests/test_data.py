@@ -13,7 +13,8 @@ from d2it.errors import D2itError
 
 
 def tree_bytes(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
@@ -24,7 +25,8 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     assert tree_bytes(tmp_path / "a") != tree_bytes(tmp_path / "c")
     # a larger dataset starts with the same images
     synthesize(tmp_path / "d", seed=3, resolution=32, n_train=40, n_heldout=10)
-    assert all((tmp_path / "d" / e.path).read_bytes() == (tmp_path / "a" / e.path).read_bytes() for e in a.files)
+    assert all((tmp_path / "d" / e.path).read_bytes() == (tmp_path / "a" / e.path).read_bytes()
+               for e in a.files)
 
 
 def test_manifest_lists_every_file_with_its_hash_and_class(tmp_path):

@@ -33,9 +33,12 @@ def job(kind, config, cache):
 
 
 def run(args, out, world=1, batch_gpu=None):
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)] if world > 1 else []
-    extra = [] if batch_gpu is None else ["--set", f"{'dvae.' if args[0] == 'dvae' else ''}train.batch_gpu={batch_gpu}"]
-    proc = subprocess.run([sys.executable, *launcher, "-m", "d2it.cli", "train", *args, *extra, "--out", str(out)],
+    launcher = (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
+                if world > 1 else [])
+    extra = [] if batch_gpu is None else ["--set", f"{'dvae.' if args[0] == 'dvae' else ''}"
+                                                   f"train.batch_gpu={batch_gpu}"]
+    proc = subprocess.run([sys.executable, *launcher, "-m", "d2it.cli", "train", *args, *extra,
+                           "--out", str(out)],
                           capture_output=True, text=True, env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "summary.json").read_text())
@@ -53,7 +56,8 @@ def assert_same_training(a, b):
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
-SPLITS = [("dit", 2, 4), ("dit", 1, 2), ("dit", 2, 2), ("d2it", 2, 4), ("d2it", 1, 4), ("dvae", 2, 4)]
+SPLITS = [("dit", 2, 4), ("dit", 1, 2), ("dit", 2, 2), ("d2it", 2, 4), ("d2it", 1, 4),
+          ("dvae", 2, 4)]
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +71,8 @@ def reference(ddp_config, latent_cache, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind,world,batch_gpu", SPLITS)
-def test_any_split_of_the_global_batch_trains_the_same(kind, world, batch_gpu, ddp_config, latent_cache, reference,
-                                                       tmp_path):
+def test_any_split_of_the_global_batch_trains_the_same(kind, world, batch_gpu, ddp_config,
+                                                       latent_cache, reference, tmp_path):
     summary = run(job(kind, ddp_config, latent_cache), tmp_path / "split", world, batch_gpu)
     assert summary["world_size"] == world and summary["batch_gpu"] == batch_gpu
     assert summary["accumulation_rounds"] == 8 // (world * batch_gpu)
@@ -83,10 +87,12 @@ def test_each_process_holds_only_its_rows_of_the_cache(trained, ddp_config, late
     writer = CacheWriter(tmp_path / "big", {"train": rows, "heldout": 8}, 2, 4, side)
     rng = np.random.default_rng(0)
     for start in range(0, rows, 4096):
-        writer.add("train", torch.from_numpy(rng.standard_normal((4096, 2, 4, side, side), dtype=np.float32)),
+        writer.add("train", torch.from_numpy(rng.standard_normal((4096, 2, 4, side, side),
+                                                                 dtype=np.float32)),
                    torch.from_numpy(rng.random((4096, 2, side // 2, side // 2)) < 0.5),
                    torch.from_numpy(rng.integers(0, 10, 4096)))
-    writer.add("heldout", torch.zeros(8, 2, 4, side, side), torch.zeros(8, 2, side // 2, side // 2, dtype=torch.bool),
+    writer.add("heldout", torch.zeros(8, 2, 4, side, side),
+               torch.zeros(8, 2, side // 2, side // 2, dtype=torch.bool),
                torch.zeros(8, dtype=torch.long))
     writer.finish({"num_classes": 10, "dvae_run": str(dvae.folder),
                    "dvae_digest": digest(dvae_identity(study, 0.5, 0))})
@@ -96,4 +102,5 @@ def test_each_process_holds_only_its_rows_of_the_cache(trained, ddp_config, late
     big = run(job("dit", ddp_config, tmp_path / "big"), tmp_path / "big-run", world=2)["memory"]
     for rank in (0, 1):
         extra = big[rank]["peak_rss_mib"] - small[rank]["peak_rss_mib"]
-        assert extra < 0.1 * size_mib / 2, (rank, big[rank], small[rank])  # a tenth of its share at most
+        # a tenth of its share at most
+        assert extra < 0.1 * size_mib / 2, (rank, big[rank], small[rank])

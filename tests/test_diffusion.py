@@ -20,10 +20,12 @@ def test_q_sample_mean_and_variance(diffusion):
     for step in (0, 100, 500, 999):
         t = torch.full((len(x0),), step)
         xt = diffusion.q_sample(x0, t, torch.randn_like(x0))
-        assert xt.mean().item() == pytest.approx(np.sqrt(abar[step]) * 0.7, abs=4 * np.sqrt((1 - abar[step]) / len(x0)) + 1e-9)
+        assert xt.mean().item() == pytest.approx(np.sqrt(abar[step]) * 0.7,
+                                                 abs=4 * np.sqrt((1 - abar[step]) / len(x0)) + 1e-9)
         assert xt.var().item() == pytest.approx(1 - abar[step], rel=0.05, abs=1e-6)
         mean, var = diffusion.q_mean_variance(x0[:1], t[:1])
-        assert mean.item() == pytest.approx(np.sqrt(abar[step]) * 0.7) and var.item() == pytest.approx(1 - abar[step])
+        assert (mean.item() == pytest.approx(np.sqrt(abar[step]) * 0.7)
+                and var.item() == pytest.approx(1 - abar[step]))
 
 
 def test_posterior_matches_bayes_rule(diffusion):
@@ -31,13 +33,16 @@ def test_posterior_matches_bayes_rule(diffusion):
     N(x_t; sqrt(alpha_t) x_{t-1}, beta_t)."""
     betas = linear_betas(T)
     abar = np.cumprod(1 - betas)
-    x0, xt = torch.tensor([[[[0.3]]]], dtype=torch.float64), torch.tensor([[[[-0.8]]]], dtype=torch.float64)
+    x0 = torch.tensor([[[[0.3]]]], dtype=torch.float64)
+    xt = torch.tensor([[[[-0.8]]]], dtype=torch.float64)
     for step in (1, 10, 400, 999):
         precision = 1 / (1 - abar[step - 1]) + (1 - betas[step]) / betas[step]
         var = 1 / precision
-        mean = var * (np.sqrt(abar[step - 1]) * 0.3 / (1 - abar[step - 1]) + np.sqrt(1 - betas[step]) * -0.8 / betas[step])
+        mean = var * (np.sqrt(abar[step - 1]) * 0.3 / (1 - abar[step - 1])
+                      + np.sqrt(1 - betas[step]) * -0.8 / betas[step])
         m, v, logv = diffusion.q_posterior(x0, xt, torch.tensor([step]))
-        assert m.item() == pytest.approx(mean, rel=1e-9) and v.item() == pytest.approx(var, rel=1e-9)
+        assert (m.item() == pytest.approx(mean, rel=1e-9)
+                and v.item() == pytest.approx(var, rel=1e-9))
         assert logv.item() == pytest.approx(np.log(var), rel=1e-9)
 
 
@@ -46,13 +51,15 @@ def test_respacing_keeps_alpha_bar_at_kept_steps(diffusion):
         spaced = GaussianDiffusion.dit(T, count)
         kept = spaced_timesteps(T, count)
         assert len(kept) == count and kept[0] == 0 and kept[-1] == T - 1
-        np.testing.assert_allclose(spaced.alphas_cumprod, diffusion.alphas_cumprod[kept], rtol=1e-12)
+        np.testing.assert_allclose(spaced.alphas_cumprod, diffusion.alphas_cumprod[kept],
+                                   rtol=1e-12)
         assert spaced.timesteps.tolist() == kept
 
 
 @pytest.mark.parametrize("steps", [1000, 250])
 def test_ddpm_with_exact_eps_samples_the_gaussian_data(steps):
-    """For x0 ~ N(mu, diag s^2), E[eps | x_t] = sd_t (x_t - a_t mu) / (a_t^2 s^2 + sd_t^2) is the ideal ε-model."""
+    """For x0 ~ N(mu, diag s^2), E[eps | x_t] = sd_t (x_t - a_t mu) / (a_t^2 s^2 + sd_t^2) is the
+    ideal ε-model."""
     torch.manual_seed(0)
     diffusion = GaussianDiffusion.dit(T, steps)
     mu = torch.tensor([0.5, -1.0]).reshape(1, 2, 1, 1).double()
@@ -60,12 +67,14 @@ def test_ddpm_with_exact_eps_samples_the_gaussian_data(steps):
     abar_full = torch.from_numpy(np.cumprod(1 - linear_betas(T)))
 
     def model(x, t):
-        a, sd = abar_full[t].sqrt().reshape(-1, 1, 1, 1), (1 - abar_full[t]).sqrt().reshape(-1, 1, 1, 1)
+        a = abar_full[t].sqrt().reshape(-1, 1, 1, 1)
+        sd = (1 - abar_full[t]).sqrt().reshape(-1, 1, 1, 1)
         eps = sd * (x - a * mu) / (a**2 * s**2 + sd**2)
         return torch.cat([eps, -torch.ones_like(eps)], 1)  # v = -1: the posterior variance
 
     n = 8000
-    x = diffusion.ddpm_sample(model, lambda shape: torch.randn(shape, dtype=torch.float64), (n, 2, 1, 1)).flatten(1)
+    x = diffusion.ddpm_sample(model, lambda shape: torch.randn(shape, dtype=torch.float64),
+                              (n, 2, 1, 1)).flatten(1)
     assert torch.allclose(x.mean(0), mu.flatten(), atol=4 * s.flatten().max().item() / np.sqrt(n))
     np.testing.assert_allclose(x.std(0).numpy(), s.flatten().numpy(), rtol=0.05)
     assert abs(np.corrcoef(x.T.numpy())[0, 1]) < 4 / np.sqrt(n)
@@ -77,6 +86,8 @@ def test_guidance_combines_branches():
 
     x, t, y = torch.zeros(2, 4, 2, 2), torch.zeros(2, dtype=torch.long), torch.tensor([3, 5])
     out = guided(model, null_label=1, scale=2.0)(x, t, y)
-    assert torch.equal(out[:, :4], (1 + 2.0 * (y - 1)).reshape(-1, 1, 1, 1).float().expand(2, 4, 2, 2))
+    assert torch.equal(out[:, :4],
+                       (1 + 2.0 * (y - 1)).reshape(-1, 1, 1, 1).float().expand(2, 4, 2, 2))
     three = guided(model, null_label=1, scale=2.0, channels=3)(x, t, y)
-    assert torch.equal(three[:, 3], y.reshape(-1, 1, 1).float().expand(2, 2, 2))  # 4th channel: conditional ε
+    # 4th channel: conditional ε
+    assert torch.equal(three[:, 3], y.reshape(-1, 1, 1).float().expand(2, 2, 2))

@@ -11,22 +11,25 @@ from d2it.models.dit import DiT
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.mark.parametrize("name,count", [("XL/2", 675_129_632), ("L/2", 458_102_816), ("B/2", 130_512_416),
-                                        ("S/2", 32_963_360)])
+@pytest.mark.parametrize("name,count", [("XL/2", 675_129_632), ("L/2", 458_102_816),
+                                        ("B/2", 130_512_416), ("S/2", 32_963_360)])
 def test_parameter_counts_equal_the_official_code(name, count):
-    """Published counts of facebookresearch/DiT (32x32x4 input, 1000 classes, fixed pos table counted)."""
+    """Published counts of facebookresearch/DiT (32x32x4 input, 1000 classes, fixed pos table
+    counted)."""
     assert sum(p.numel() for p in dit(name).parameters()) == count
 
 
 def test_state_dict_layout_equals_the_official_dit_s2():
-    """tests/data/dit_s2_official_state_dict.json: keys and shapes of models.DiT_S_2() at ed81ce2."""
+    """tests/data/dit_s2_official_state_dict.json: keys and shapes of models.DiT_S_2() at
+    ed81ce2."""
     official = json.loads((DATA / "dit_s2_official_state_dict.json").read_text())
     assert {k: list(v.shape) for k, v in dit("S/2").state_dict().items()} == official
 
 
 @pytest.fixture(scope="module")
 def official():
-    """A small DiT built, randomised and run by the official code (weights, inputs and outputs saved)."""
+    """A small DiT built, randomised and run by the official code (weights, inputs and outputs
+    saved)."""
     return torch.load(DATA / "dit_official_tiny.pt", weights_only=False)
 
 
@@ -40,7 +43,8 @@ def test_same_outputs_as_the_official_code(official):
 
 def test_official_training_checkpoint_loads_unconverted(official, tmp_path):
     ema = official["state_dict"]
-    torch.save({"model": {k: v * 0 for k, v in ema.items()}, "ema": ema, "opt": {}, "args": None}, tmp_path / "0400000.pt")
+    torch.save({"model": {k: v * 0 for k, v in ema.items()}, "ema": ema, "opt": {}, "args": None},
+               tmp_path / "0400000.pt")
     model = load_official(tmp_path / "0400000.pt", DiT(**official["config"]))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ema.items())
 
@@ -49,4 +53,5 @@ def test_size_table():
     assert len(MODELS) == 15 and MODELS["DiT-B/4"]().patch_size == 4
     tiny = dit("tiny/2", input_size=16, num_classes=10)
     assert 1.2e6 < sum(p.numel() for p in tiny.parameters()) < 1.4e6
-    assert tiny(torch.zeros(2, 4, 16, 16), torch.tensor([1, 2]), torch.tensor([0, 3])).shape == (2, 8, 16, 16)
+    assert tiny(torch.zeros(2, 4, 16, 16), torch.tensor([1, 2]),
+                torch.tensor([0, 3])).shape == (2, 8, 16, 16)

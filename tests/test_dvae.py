@@ -43,13 +43,15 @@ def test_kl_counts_each_used_code_once(dual):
         mean, logvar = moments.chunk(2, 1)
         return kl_divergence(Normal(mean, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1)
 
-    expected = (kl(posterior.fine) * expand(grain)).flatten(1).sum(1) + (kl(posterior.coarse) * ~grain).flatten(1).sum(1)
+    expected = ((kl(posterior.fine) * expand(grain)).flatten(1).sum(1)
+                + (kl(posterior.coarse) * ~grain).flatten(1).sum(1))
     torch.testing.assert_close(posterior.kl(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_coarse_head_gets_no_gradient_from_all_fine_maps(dual):
     dual.zero_grad()
-    recon, posterior = dual(torch.rand(2, 3, 32, 32), torch.ones(2, 8, 8, dtype=torch.bool), torch.randn)
+    recon, posterior = dual(torch.rand(2, 3, 32, 32), torch.ones(2, 8, 8, dtype=torch.bool),
+                            torch.randn)
     (recon.square().mean() + posterior.kl().mean()).backward()
     assert all(p.grad is None or not p.grad.any() for p in dual.encoder.coarse_head.parameters())
     assert any(p.grad is not None and p.grad.any() for p in dual.encoder.fine_head.parameters())
@@ -58,7 +60,8 @@ def test_coarse_head_gets_no_gradient_from_all_fine_maps(dual):
 def test_fine_ratio_one_is_a_plain_fixed_rate_vae():
     torch.manual_seed(0)
     plain = DVAE("tiny", 32, dual=False)
-    assert plain.encoder.coarse_head is None and not any("coarse" in n for n, _ in plain.named_parameters())
+    assert (plain.encoder.coarse_head is None
+            and not any("coarse" in n for n, _ in plain.named_parameters()))
     assert len(plain.encoder.levels) == 2  # stops at the fine grid: nothing is computed at 2f
     x = torch.rand(2, 3, 32, 32)
     z = plain.encode(x, torch.ones(2, 8, 8, dtype=torch.bool)).latent()
@@ -68,8 +71,10 @@ def test_fine_ratio_one_is_a_plain_fixed_rate_vae():
 def test_paper_preset_shapes():
     model = DVAE("paper", 64, dual=True)
     fine, coarse = model.encoder(torch.zeros(1, 3, 64, 64))
-    assert fine.shape == (1, 8, 8, 8) and coarse.shape == (1, 8, 4, 4)  # f = 8 / 16, 4 channels x 2 moments
-    # DQ-VAE's branches: the fine head taps 256 channels at 32 px of 256, the coarse head 512 at 16 px
+    # f = 8 / 16, 4 channels x 2 moments
+    assert fine.shape == (1, 8, 8, 8) and coarse.shape == (1, 8, 4, 4)
+    # DQ-VAE's branches: the fine head taps 256 channels at 32 px of 256, the coarse head 512 at
+    # 16 px
     assert model.encoder.fine_head[0][0].body[2].in_channels == 256
     assert model.encoder.coarse_head[0][0].body[2].in_channels == 512
 
@@ -89,15 +94,18 @@ def test_effnet_perceptual_distance():
 
 
 def test_lpips_absent_weights_are_one_clear_error(tmp_path):
-    with pytest.raises(D2itError, match=r"metrics\.lpips_weights .*metrics\.vgg16_weights .*dvae\.perceptual: effnet"):
+    with pytest.raises(D2itError, match=r"metrics\.lpips_weights .*metrics\.vgg16_weights "
+                                        r".*dvae\.perceptual: effnet"):
         LPIPS(None, str(tmp_path / "missing.pth"))
 
 
 def test_lpips_reads_given_files_without_network(tmp_path):
-    """Random weights with the real layout (not meaningful values): the files are read, nothing fetched."""
+    """Random weights with the real layout (not meaningful values): the files are read, nothing
+    fetched."""
     torch.save(torchvision.models.vgg16().state_dict(), tmp_path / "vgg.pth")
     widths = [64, 128, 256, 512, 512]
-    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(widths)}, tmp_path / "lin.pth")
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(widths)},
+               tmp_path / "lin.pth")
     lpips = LPIPS(str(tmp_path / "lin.pth"), str(tmp_path / "vgg.pth"))
     a = torch.rand(2, 3, 32, 32) * 2 - 1
     d = lpips(a, torch.rand(2, 3, 32, 32) * 2 - 1)

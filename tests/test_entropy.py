@@ -37,20 +37,24 @@ def test_matches_numpy_formula(region, bins, sigma):
 def test_constant_region_is_the_minimum():
     """Entropy is concave in the density, so no region beats a constant one (at its best value)."""
     values = torch.linspace(-1, 1, 501)
-    constants = region_entropy(values[:, None, None, None].expand(-1, 3, 4, 4), 4, 256, 0.01).flatten()
+    constants = region_entropy(values[:, None, None, None].expand(-1, 3, 4, 4), 4, 256,
+                               0.01).flatten()
     images = torch.cat([torch.rand(200, 3, 4, 4) * 2 - 1,                      # noise
                         torch.rand(200, 1, 1, 1).expand(-1, 3, 4, 4) * 0.1 +   # shallow gradients
                         torch.linspace(0, 0.05, 4).repeat(4, 1)])
     others = region_entropy(images, 4, 256, 0.01).flatten()
     assert others.min() >= constants.min() - 1e-6
     grey = torch.einsum("bchw,c->bhw", images, torch.tensor(GREY)).flatten(1)
-    # each region is at least as uncertain as a constant region at the least favourable of its values
-    per_value = region_entropy(grey.reshape(-1, 1, 1, 1).expand(-1, 3, 4, 4), 4, 256, 0.01).reshape(grey.shape)
+    # each region is at least as uncertain as a constant region at the least favourable of its
+    # values
+    per_value = region_entropy(grey.reshape(-1, 1, 1, 1).expand(-1, 3, 4, 4), 4, 256,
+                               0.01).reshape(grey.shape)
     assert torch.all(others >= per_value.min(1).values - 1e-5)
 
 
 def test_uniform_noise_is_near_the_maximum():
-    """Uniform noise over a paper-sized 16 px region spreads over nearly all bins: close to log P."""
+    """Uniform noise over a paper-sized 16 px region spreads over nearly all bins:
+    close to log P."""
     noise = region_entropy(torch.rand(64, 3, 16, 16) * 2 - 1, 16, 256, 0.01)
     constant = region_entropy(torch.zeros(1, 3, 16, 16), 16, 256, 0.01)
     assert noise.mean() > 0.9 * np.log(256)

@@ -1,4 +1,5 @@
-"""Grain maps: the dataset-level fine ratio, where fine regions land, and the grain-grid operations."""
+"""Grain maps: the dataset-level fine ratio, where fine regions land, and the grain-grid
+operations."""
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ from d2it.data.folder import ImageFolderDataset, load_all
 from d2it.data.manifest import Manifest
 from d2it.data.synth import render
 from d2it.errors import D2itError
-from d2it.grain import block_mean, expand, grain_map, load_thresholds, merge, threshold_for, to_signed
+from d2it.grain import (block_mean, expand, grain_map, load_thresholds, merge, threshold_for,
+                        to_signed)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,8 @@ def effnet_extractor():
 def images(dataset):
     """The test dataset's 200 images (uint8 N x 3 x 32 x 32)."""
     manifest = Manifest.load(dataset)
-    return torch.cat([load_all(ImageFolderDataset(manifest, split, 32))[0] for split in ("train", "heldout")])
+    return torch.cat([load_all(ImageFolderDataset(manifest, split, 32))[0]
+                      for split in ("train", "heldout")])
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,11 @@ def test_fd_matches_scipy_and_torch_fidelity(images, features, effnet_extractor)
     b = fid_features_to_statistics(features["pool"][100:])
     ours = frechet_distance(a, b)
     assert ours == pytest.approx(scipy_fd(a["mu"], a["sigma"], b["mu"], b["sigma"]), rel=1e-6)
-    whole = torch_fidelity.calculate_metrics(input1=UInt8Images(images[:100]), input2=UInt8Images(images[100:]),
-                                             fid=True, feature_extractor=effnet_extractor.name, cuda=False,
-                                             batch_size=64, cache=False, verbose=False, save_cpu_ram=True)
+    whole = torch_fidelity.calculate_metrics(input1=UInt8Images(images[:100]),
+                                             input2=UInt8Images(images[100:]),
+                                             fid=True, feature_extractor=effnet_extractor.name,
+                                             cuda=False, batch_size=64, cache=False, verbose=False,
+                                             save_cpu_ram=True)
     assert ours == pytest.approx(whole["frechet_inception_distance"], rel=1e-6)
 
 
@@ -60,11 +63,13 @@ def fd_to(reference_features, images, extractor):
                             fid_features_to_statistics(extract(images, extractor, 64, CPU)["pool"]))
 
 
-def test_fd_of_a_set_with_itself_is_zero_and_halves_are_closer_than_degraded(images, features, effnet_extractor):
+def test_fd_of_a_set_with_itself_is_zero_and_halves_are_closer_than_degraded(images, features,
+                                                                             effnet_extractor):
     stats = fid_features_to_statistics(features["pool"])
-    assert abs(frechet_distance(stats, stats)) < 1e-3  # 1280-d covariance of 200 samples: rank-deficient, eigvals round
-    # Equal sample sizes on both sides, so FD's small-sample bias (large: 100 samples, 1280 dimensions)
-    # is the same in both comparisons; what is left over it is the degradation.
+    # 1280-d covariance of 200 samples: rank-deficient, eigvals round
+    assert abs(frechet_distance(stats, stats)) < 1e-3
+    # Equal sample sizes on both sides, so FD's small-sample bias (large: 100 samples, 1280
+    # dimensions) is the same in both comparisons; what is left over it is the degradation.
     a, b = features["pool"][0::2], images[1::2]
     halves = fd_to(a, b, effnet_extractor)
     degraded = fd_to(a, noise(b, 64), effnet_extractor)
@@ -73,7 +78,8 @@ def test_fd_of_a_set_with_itself_is_zero_and_halves_are_closer_than_degraded(ima
 
 @pytest.mark.parametrize("degrade,levels", LEVELS.items(), ids=[f.__name__ for f in LEVELS])
 def test_fd_grows_with_degradation(images, features, effnet_extractor, degrade, levels):
-    fds = [fd_to(features["pool"][0::2], degrade(images[1::2], s), effnet_extractor) for s in levels]
+    fds = [fd_to(features["pool"][0::2], degrade(images[1::2], s), effnet_extractor)
+           for s in levels]
     assert all(b > a for a, b in zip(fds, fds[1:])), fds
 
 
@@ -89,14 +95,15 @@ def test_precision_recall_and_is_limits(images, features, effnet_extractor):
     low, high = half[metric_key("fd", effnet_extractor, 100) + "_ci95"]
     assert low < half[metric_key("fd", effnet_extractor, 100)] < high
     copies = extract(images[:1].repeat(40, 1, 1, 1), effnet_extractor, 64, CPU)
-    assert compare(copies, ref, effnet_extractor, cfg, seed=0)[metric_key("is", effnet_extractor, 40)] == \
-        pytest.approx(1.0, abs=1e-6)
+    assert compare(copies, ref, effnet_extractor, cfg, seed=0)[
+        metric_key("is", effnet_extractor, 40)] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_keys_name_their_protocol(effnet_extractor):
-    inception = effnet_extractor.__class__("inception-v3-compat", "inception", ("2048", "logits_unbiased"), None,
-                                           None, True)
-    assert metric_key("fd", inception, 50_000) == "fid50k" and metric_key("fd", inception, 10_000) == "fid10k"
+    inception = effnet_extractor.__class__("inception-v3-compat", "inception",
+                                           ("2048", "logits_unbiased"), None, None, True)
+    assert (metric_key("fd", inception, 50_000) == "fid50k"
+            and metric_key("fd", inception, 10_000) == "fid10k")
     assert metric_key("fd", inception, 2_000) == "fd_inception_2k"
     assert metric_key("fd", effnet_extractor, 50_000) == "fd_effnet_50k"
     assert metric_key("rfd", effnet_extractor, 1_000) == "rfd_effnet_1k"
@@ -106,8 +113,10 @@ def test_reference_statistics_are_computed_once(images, effnet_extractor, tmp_pa
     cfg = config.validate({"name": "t"})["metrics"] | {"reference_features": 50}
     key = {"dataset": "abc", "split": "train", "resolution": 32}
     first = reference_stats(lambda: images[:80], key, tmp_path, effnet_extractor, cfg, CPU)
-    again = reference_stats(lambda: pytest.fail("recomputed"), key, tmp_path, effnet_extractor, cfg, CPU)
-    assert np.allclose(first["mu"], again["mu"]) and len(again["features"]) == 50 and again["n"] == 80
+    again = reference_stats(lambda: pytest.fail("recomputed"), key, tmp_path, effnet_extractor, cfg,
+                            CPU)
+    assert (np.allclose(first["mu"], again["mu"]) and len(again["features"]) == 50
+            and again["n"] == 80)
 
 
 def test_metrics_cli_runs_offline(dataset, images, features, tmp_path):
@@ -115,15 +124,18 @@ def test_metrics_cli_runs_offline(dataset, images, features, tmp_path):
     cfg = config.validate({"name": "t", "data": {"manifest": str(dataset), "resolution": 32},
                            "grain": {"region": 4},
                            "dvae": {"preset": "tiny"},
-                           "metrics": {"reference": "heldout", "reference_dir": str(tmp_path / "ref"),
+                           "metrics": {"reference": "heldout",
+                                       "reference_dir": str(tmp_path / "ref"),
                                        "bootstrap": 10, "kid_subset_size": 40}})
     from d2it.metrics.job import evaluate_samples
 
     result = evaluate_samples(cfg, [tmp_path / "s.npz"], tmp_path / "m.json")
-    assert json.loads((tmp_path / "m.json").read_text())["fd_effnet_60"] == pytest.approx(result["fd_effnet_60"])
+    assert (json.loads((tmp_path / "m.json").read_text())["fd_effnet_60"]
+            == pytest.approx(result["fd_effnet_60"]))
     assert result["extractor"] == "effnet-lite0" and result["comparable_with_paper"] is False
     assert "not comparable" in result["protocol"] and result["reference"]["n"] == 40
-    # the reference split, decoded from its files by worker processes, has the in-memory images' features
+    # the reference split, decoded from its files by worker processes, has the in-memory images'
+    # features
     held_out = fid_features_to_statistics(features["pool"][-40:])["mu"]
     assert np.allclose(np.load(result["reference"]["file"])["mu"], held_out, rtol=1e-5, atol=1e-6)
     # a folder of the same images gives the same numbers; two sets add their spread
@@ -139,7 +151,8 @@ def test_metrics_cli_runs_offline(dataset, images, features, tmp_path):
 
 
 def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeypatch):
-    """A weights file of the real layout with random values, made here: the path works, the values mean nothing."""
+    """A weights file of the real layout with random values, made here: the path works, the
+    values mean nothing."""
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
@@ -147,19 +160,21 @@ def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeyp
     skeleton = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     monkeypatch.undo()
     torch.save(skeleton.state_dict(), tmp_path / INCEPTION_FILE)
-    extractor = resolve(config.validate({"name": "t"})["metrics"] | {"inception_weights": str(tmp_path / INCEPTION_FILE)})
+    extractor = resolve(config.validate({"name": "t"})["metrics"]
+                        | {"inception_weights": str(tmp_path / INCEPTION_FILE)})
     assert extractor.short == "inception" and extractor.comparable
     feats = extract(images[:8], extractor, 8, CPU)
     assert feats["pool"].shape == (8, 2048) and torch.isfinite(feats["pool"]).all()
     assert metric_key("fd", extractor, 8) == "fd_inception_8"
     # an ADM reference batch: whole-training-set mu / sigma plus images for precision and recall
-    np.savez(tmp_path / "VIRTUAL_ref.npz", arr_0=images[8:20].permute(0, 2, 3, 1).numpy(), mu=np.zeros(2048),
-             sigma=np.eye(2048))
+    np.savez(tmp_path / "VIRTUAL_ref.npz", arr_0=images[8:20].permute(0, 2, 3, 1).numpy(),
+             mu=np.zeros(2048), sigma=np.eye(2048))
     cfg = config.validate({"name": "t"})["metrics"] | {"bootstrap": 0, "kid_subset_size": 8}
     ref = adm_reference(tmp_path / "VIRTUAL_ref.npz", extractor, cfg, CPU)
     result = compare(feats, ref, extractor, cfg, seed=0)
     assert result["fd_inception_8"] == pytest.approx(
-        frechet_distance(fid_features_to_statistics(feats["pool"]), {"mu": np.zeros(2048), "sigma": np.eye(2048)}))
+        frechet_distance(fid_features_to_statistics(feats["pool"]),
+                         {"mu": np.zeros(2048), "sigma": np.eye(2048)}))
     assert 0 <= result["recall_inception_8"] <= 1 and len(ref["features"]) == 12
     with pytest.raises(D2itError, match="not an ADM reference batch"):
         np.savez(tmp_path / "bad.npz", arr_0=np.zeros((1, 8, 8, 3), np.uint8))
@@ -171,4 +186,5 @@ def test_auto_falls_back_to_effnet_without_inception_weights(tmp_path, monkeypat
     extractor = resolve(config.validate({"name": "t"})["metrics"])
     assert extractor.short == "effnet" and not extractor.comparable
     with pytest.raises(D2itError, match="metrics.inception_weights: .*missing.pth is not a file"):
-        resolve(config.validate({"name": "t"})["metrics"] | {"inception_weights": str(tmp_path / "missing.pth")})
+        resolve(config.validate({"name": "t"})["metrics"]
+                | {"inception_weights": str(tmp_path / "missing.pth")})

@@ -17,5 +17,6 @@ def test_environment_yml_mirrors_pyproject():
 
 def test_ci_runs_the_readme_commands():
     readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
-    for command in ("python3 -m venv .venv && . .venv/bin/activate && pip install -e .", "pytest -q"):
+    for command in ("python3 -m venv .venv && . .venv/bin/activate && pip install -e .",
+                    "pytest -q"):
         assert command in readme and command in ci

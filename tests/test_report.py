@@ -15,13 +15,15 @@ from tests_support import tiny_study
 
 
 EFFNET = Extractor("effnet-lite0", "effnet", ("pool", "logits"), None, None, False)
-INCEPTION = Extractor("inception-v3-compat", "inception", ("2048", "logits_unbiased"), None, None, True)
+INCEPTION = Extractor("inception-v3-compat", "inception", ("2048", "logits_unbiased"), None, None,
+                      True)
 
 
 def write_metrics(path, fd, extractor=EFFNET, n=1000):
     keys = {m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")}
-    data = {keys["fd"]: fd, keys["fd"] + "_ci95": [fd - 1, fd + 1], keys["is"]: 2.0, keys["kid"]: 0.1,
-            keys["precision"]: 0.5, keys["recall"]: 0.4, "keys": keys, "protocol": "test protocol"}
+    data = {keys["fd"]: fd, keys["fd"] + "_ci95": [fd - 1, fd + 1], keys["is"]: 2.0,
+            keys["kid"]: 0.1, keys["precision"]: 0.5, keys["recall"]: 0.4, "keys": keys,
+            "protocol": "test protocol"}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 
@@ -30,8 +32,10 @@ def write_metrics(path, fd, extractor=EFFNET, n=1000):
 def table2_plan(tmp_path, dataset):
     """The tiny study with the paper's four Table 2 rows (guided rows on the same specs)."""
     rows = {"dit_xl": {"spec": "dit"}, "d2it_xl": {"spec": "d2it"},
-            "dit_xl_g": {"spec": "dit", "cfg_scale": 1.5}, "d2it_xl_g": {"spec": "d2it", "cfg_scale": 1.5}}
-    return studies.plan(studies.resolve(tiny_study(tmp_path, dataset, tables={"table2": {"rows": rows}}), "t"))
+            "dit_xl_g": {"spec": "dit", "cfg_scale": 1.5},
+            "d2it_xl_g": {"spec": "d2it", "cfg_scale": 1.5}}
+    return studies.plan(studies.resolve(tiny_study(tmp_path, dataset,
+                                                   tables={"table2": {"rows": rows}}), "t"))
 
 
 def test_table_puts_paper_values_and_ours_in_separate_named_columns(table2_plan):
@@ -43,7 +47,8 @@ def test_table_puts_paper_values_and_ours_in_separate_named_columns(table2_plan)
     assert list(table["fd_effnet_1k"]) == [100.0, 101.0, 102.0, 103.0]
     assert list(table["fd_effnet_1k_ci95_low"]) == [99.0, 100.0, 101.0, 102.0]
     assert "fid50k" not in table.columns  # an EfficientNet FD never goes under an FID name
-    assert list(table["ours"][:2]) == ["DiT-tiny/2", "D²iT-tiny (3+1, r=0.5)"]  # the spec, by its name
+    # the spec, by its name
+    assert list(table["ours"][:2]) == ["DiT-tiny/2", "D²iT-tiny (3+1, r=0.5)"]
     assert list(table["cfg_scale"]) == [1.0, 1.0, 1.5, 1.5]
 
 
@@ -55,7 +60,8 @@ def test_inception_at_the_paper_count_gets_the_paper_metric_name(table2_plan):
 
 def test_rows_over_seeds_report_mean_and_spread(tmp_path, dataset):
     rows = {"d2it_xl": {"spec": "d2it", "seeds": [0, 1, 2]}}
-    plan = studies.plan(studies.resolve(tiny_study(tmp_path, dataset, tables={"table2": {"rows": rows}}), "t"))
+    plan = studies.plan(studies.resolve(tiny_study(tmp_path, dataset,
+                                                   tables={"table2": {"rows": rows}}), "t"))
     (row,) = plan.table_rows("table2")
     assert [ss.run.seed for ss in row.sample_sets] == [0, 1, 2]
     for fd, ss in zip((10.0, 12.0, 17.0), row.sample_sets):
@@ -92,6 +98,7 @@ def test_class_rows_take_each_class_in_turn():
     images = np.arange(9)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
     picked, grains = class_rows(images, np.zeros((9, 2, 2), bool), labels, per_class=2)
     assert list(labels[picked[:, 0, 0, 0]]) == [0, 0, 1, 1, 2, 2] and len(grains) == 6
-    assert list(picked[:, 0, 0, 0]) == [1, 3, 2, 5, 0, 4]  # the first of each class, in sample order
+    # the first of each class, in sample order
+    assert list(picked[:, 0, 0, 0]) == [1, 3, 2, 5, 0, 4]
     with pytest.raises(D2itError, match=r"classes \[0, 1, 2\] have fewer than 4 samples"):
         class_rows(images, np.zeros((9, 2, 2), bool), labels, per_class=4)

@@ -17,7 +17,8 @@ def test_psnr_matches_formula():
     rng = np.random.default_rng(0)
     a, b = (rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8) for _ in range(2))
     mse = ((a.astype(float) - b.astype(float)) ** 2).reshape(4, -1).mean(1)
-    np.testing.assert_allclose(psnr(torch.from_numpy(a), torch.from_numpy(b)).numpy(), 10 * np.log10(255**2 / mse))
+    np.testing.assert_allclose(psnr(torch.from_numpy(a), torch.from_numpy(b)).numpy(),
+                               10 * np.log10(255**2 / mse))
 
 
 def test_recon_metrics_name_their_protocol(trained, tmp_path):
@@ -40,7 +41,8 @@ def test_latent_cache(trained, latent_cache):
     assert (z * cache.scale_factor).std().item() == pytest.approx(1.0, rel=1e-4)
     assert cache.fine_fraction == pytest.approx(grain.float().mean().item())
     assert cache.meta["dvae_run"] == str(run.folder) and cache.num_classes == 10
-    # entropy ignores pixel order inside a region, so the mirror image's grain map is the mirrored map
+    # entropy ignores pixel order inside a region, so the mirror image's grain map is the mirrored
+    # map
     assert torch.equal(grain[:, 1], grain[:, 0].flip(-1))
     # coarse regions hold one code copied 2x2
     blocks = z.reshape(N_TRAIN, 2, 4, 8, 2, 8, 2)
@@ -50,7 +52,8 @@ def test_latent_cache(trained, latent_cache):
     # the dataset reads rows in any order, as the stacked arrays hold them
     rows = [5, 0, 17]
     items = cache.dataset("train").__getitems__(rows)
-    assert all(torch.equal(item[0], z[r]) and torch.equal(item[1], grain[r]) for item, r in zip(items, rows))
+    assert all(torch.equal(item[0], z[r]) and torch.equal(item[1], grain[r])
+               for item, r in zip(items, rows))
 
 
 def test_latent_cache_is_replaced_whole(trained, tmp_path):

@@ -25,7 +25,8 @@ def models(trained, latent_cache):
     runs = {"dit": plan.model("dit", 0), "d2it": plan.model("d2it", 0),
             "grain": plan.model("dgt", 0, 0.5)}
     for kind, run in runs.items():
-        summary = train_model(study, run.spec, 0, latent_cache, run.folder, 0.5 if kind == "grain" else None)
+        summary = train_model(study, run.spec, 0, latent_cache, run.folder,
+                              0.5 if kind == "grain" else None)
         assert summary["steps"] == 3 and np.isfinite(summary["final"]["loss"])
     return {kind: run.folder for kind, run in runs.items()}
 
@@ -54,7 +55,8 @@ def test_sample_set_does_not_depend_on_batching(trained, models, tmp_path):
     a = sample(models["dit"], settings(study), tmp_path / "a.npz")
     b = sample(models["dit"], settings(study, batch_size=5), tmp_path / "b.npz")
     assert a["n"] == b["n"] == 6
-    assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"])
+    assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"],
+                          np.load(tmp_path / "b.npz")["arr_0"])
 
 
 def test_runs_rebuild_from_their_checkpoints_alone(trained, models, latent_cache, tmp_path):
@@ -63,8 +65,8 @@ def test_runs_rebuild_from_their_checkpoints_alone(trained, models, latent_cache
     moved = latent_cache.with_name("moved-away")
     latent_cache.rename(moved)
     try:
-        result = sample(models["d2it"], settings(study, grain_source="predicted"), tmp_path / "s.npz",
-                        grain_run=models["grain"])
+        result = sample(models["d2it"], settings(study, grain_source="predicted"),
+                        tmp_path / "s.npz", grain_run=models["grain"])
     finally:
         moved.rename(latent_cache)
     assert result["n"] == 6
@@ -132,10 +134,13 @@ def test_multigrain_noise_switch(d2it_task):
 
     shares = {}
     for on in (True, False):
-        _, noise, _ = recorded_loss(d2it_task(multigrain_noise=on), lambda n: {"mse": n.square().mean(1)})
-        constant_blocks = (expand(block_mean(noise)) == noise).all(1).reshape(8, 8, 2, 8, 2).all(2).all(3)
+        _, noise, _ = recorded_loss(d2it_task(multigrain_noise=on),
+                                    lambda n: {"mse": n.square().mean(1)})
+        constant_blocks = ((expand(block_mean(noise)) == noise).all(1)
+                           .reshape(8, 8, 2, 8, 2).all(2).all(3))
         shares[on] = constant_blocks.float().mean().item()
-    assert shares[True] > 0.2 and shares[False] == 0  # coarse regions share one noise draw only when on
+    # coarse regions share one noise draw only when on
+    assert shares[True] > 0.2 and shares[False] == 0
 
 
 def test_dynamic_grain_loss_switch(d2it_task):
@@ -171,13 +176,17 @@ def test_two_processes_draw_the_same_sample_set(trained, models, tmp_path, batch
     one batch of 6: the second process has none); the merged set equals one process's."""
     study = trained[0]
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({**study, "sampling": {**study["sampling"], "batch_size": batch_size}}))
+    path.write_text(yaml.safe_dump({**study,
+                                    "sampling": {**study["sampling"], "batch_size": batch_size}}))
     one = sample(models["d2it"], settings(study, batch_size=batch_size), tmp_path / "one.npz",
                  grain_run=models["grain"])
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "d2it.cli", "sample", "--config", str(path), "--run-dir", str(models["d2it"]),
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2",
+                           "-m", "d2it.cli", "sample", "--config", str(path),
+                           "--run-dir", str(models["d2it"]),
                            "--grain-run", str(models["grain"]), "--out", str(tmp_path / "two.npz")],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     for key in ("arr_0", "labels", "grain"):

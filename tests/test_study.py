@@ -14,8 +14,9 @@ CONFIGS = REPO / "config"
 
 def dit_parameters(hidden: int, depth: int, tokens: int, patch: int, channels: int, labels: int,
                    learn_sigma: bool = True) -> int:
-    """DiT's parameter count from its layer shapes (facebookresearch/DiT models.py): patch embedding,
-    timestep MLP, label table, fixed position table, 18 D² + 15 D per adaLN-Zero block, final layer."""
+    """DiT's parameter count from its layer shapes (facebookresearch/DiT models.py): patch
+    embedding, timestep MLP, label table, fixed position table, 18 D² + 15 D per adaLN-Zero block,
+    final layer."""
     out = patch * patch * channels * (2 if learn_sigma else 1)
     embed = patch * patch * channels * hidden + hidden
     timestep = 256 * hidden + hidden + hidden * hidden + hidden
@@ -30,8 +31,8 @@ def plan_rows(config: Path, *sets: str, cli: bool = False) -> list[dict]:
         plan = studies.plan(studies.load(config, list(sets)))
         return json.loads(json.dumps([studies.describe(plan, row) for row in plan.rows]))
     args = [sys.executable, "-m", "d2it.cli", "study", "plan", "--config", str(config)]
-    proc = subprocess.run(args + [a for s in sets for a in ("--set", s)], capture_output=True, text=True,
-                          cwd=REPO)
+    proc = subprocess.run(args + [a for s in sets for a in ("--set", s)], capture_output=True,
+                          text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
@@ -55,8 +56,10 @@ def test_imagenet_plan_lists_table2_at_paper_scale():
     assert d2it["params"] == {"content": 677_803_432, "grain": grain, "total": 677_803_432 + grain}
     for row in rows.values():
         assert (row["n"], row["sampler"], row["sampling_steps"]) == (50_000, "ddpm", 250)
-        assert (row["train_steps"], row["global_batch"], row["protocol"]) == (400_000, 256, "fid50k")
-        assert all(d.startswith("runs/imagenet256/") for d in row["run_dirs"] + row["dvae_run_dirs"])
+        assert ((row["train_steps"], row["global_batch"], row["protocol"])
+                == (400_000, 256, "fid50k"))
+        assert all(d.startswith("runs/imagenet256/")
+                   for d in row["run_dirs"] + row["dvae_run_dirs"])
     assert rows["table2", "dit_xl_g"]["cfg_scale"] == 1.5 and d2it["grain_source"] == "predicted"
     assert rows["table2", "dit_xl_g"]["run_dirs"] == dit["run_dirs"]  # one spec, one run
     assert rows["table2", "dit_xl_g"]["sample_sets"] != dit["sample_sets"]
@@ -69,19 +72,25 @@ def test_ffhq_plan_has_the_paper_sizes_per_table():
     for (table, row_id), row in rows.items():
         assert (row["n"], row["protocol"], row["cfg_scale"]) == (10_000, "fid10k", 1.0)
         assert row["size"] == ("B" if table in ("table3", "table4") else "L"), (table, row_id)
-    assert rows["table3", "dit_b"]["params"]["content"] == dit_parameters(768, 12, 256, 2, 4, **unconditional)
+    assert rows["table3", "dit_b"]["params"]["content"] == dit_parameters(768, 12, 256, 2, 4,
+                                                                          **unconditional)
     assert rows["table3", "dit_b"]["params"]["content"] == 130_512_416 - 1000 * 768
-    assert rows["table1", "dit_l"]["params"]["content"] == dit_parameters(1024, 24, 256, 2, 4, **unconditional)
-    table4 = {r: (rows["table4", r]["depth"] - rows["table4", r]["refine_depth"], rows["table4", r]["refine_depth"])
+    assert rows["table1", "dit_l"]["params"]["content"] == dit_parameters(1024, 24, 256, 2, 4,
+                                                                          **unconditional)
+    table4 = {r: (rows["table4", r]["depth"] - rows["table4", r]["refine_depth"],
+                  rows["table4", r]["refine_depth"])
               for r in ("r12_0", "r10_2", "r8_4", "r12_2", "r12_4")}
-    assert table4 == {"r12_0": (12, 0), "r10_2": (10, 2), "r8_4": (8, 4), "r12_2": (12, 2), "r12_4": (12, 4)}
-    assert rows["table3", "d2it_b"]["sample_sets"] == rows["table4", "r10_2"]["sample_sets"]  # shared
+    assert table4 == {"r12_0": (12, 0), "r10_2": (10, 2), "r8_4": (8, 4), "r12_2": (12, 2),
+                      "r12_4": (12, 4)}
+    # shared
+    assert rows["table3", "d2it_b"]["sample_sets"] == rows["table4", "r10_2"]["sample_sets"]
     sources = {r: rows["table5", r]["grain_source"] for r in ("random", "gt", "predicted")}
     assert sources == {"random": "random", "gt": "gt", "predicted": "predicted"}
 
 
 def run_dirs(rows) -> dict:
-    return {key: tuple(r["run_dirs"] + r["grain_run_dirs"] + r["dvae_run_dirs"]) for key, r in by_row(rows).items()}
+    return {key: tuple(r["run_dirs"] + r["grain_run_dirs"] + r["dvae_run_dirs"])
+            for key, r in by_row(rows).items()}
 
 
 def sample_sets(rows) -> dict:
@@ -99,14 +108,17 @@ def test_a_d2it_key_leaves_the_dit_run_alone():
     base = run_dirs(plan_rows(CONFIGS / "imagenet256.yaml"))
     changed = run_dirs(plan_rows(CONFIGS / "imagenet256.yaml", "specs.d2it_xl.refine_depth=3"))
     assert changed["table2", "dit_xl"] == base["table2", "dit_xl"]
-    assert changed["table2", "d2it_xl"][0] != base["table2", "d2it_xl"][0]  # the content model moves
-    assert changed["table2", "d2it_xl"][1:] == base["table2", "d2it_xl"][1:]  # its grain model and DVAE stay
+    # the content model moves
+    assert changed["table2", "d2it_xl"][0] != base["table2", "d2it_xl"][0]
+    # its grain model and DVAE stay
+    assert changed["table2", "d2it_xl"][1:] == base["table2", "d2it_xl"][1:]
 
 
 def test_settings_that_cannot_change_weights_or_samples_name_nothing():
     base = plan_rows(CONFIGS / "cpu.yaml")
-    same = plan_rows(CONFIGS / "cpu.yaml", "data.num_workers=4", "tracking.uri=null", "train.log_every=7",
-                     "train.ckpt_every=9", "train.batch_gpu=8", "dvae.train.log_every=3",
+    same = plan_rows(CONFIGS / "cpu.yaml", "data.num_workers=4", "tracking.uri=null",
+                     "train.log_every=7", "train.ckpt_every=9", "train.batch_gpu=8",
+                     "dvae.train.log_every=3",
                      "sampling.batch_size=10", "metrics.bootstrap=3", "metrics.num_workers=0")
     assert run_dirs(same) == run_dirs(base) and sample_sets(same) == sample_sets(base)
 
@@ -120,35 +132,45 @@ def test_training_settings_move_the_runs_they_reach():
     steps = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["dvae.train.steps=10"]))
     assert steps.dvae(1.0, 0).folder != dvae.folder and steps.model("dit", 0).folder != dit.folder
     assert plan.model("dit", 1).folder != dit.folder and plan.model("dit", 1).seed == 1
-    spelled = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["specs.d2it.refine_depth=1", "specs.d2it.depth=4"]))
-    assert spelled.model("d2it", 0).folder == plan.model("d2it", 0).folder  # tiny's defaults, spelled out
+    spelled = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["specs.d2it.refine_depth=1",
+                                                               "specs.d2it.depth=4"]))
+    # tiny's defaults, spelled out
+    assert spelled.model("d2it", 0).folder == plan.model("d2it", 0).folder
 
 
 def test_seeds_are_a_dimension_of_a_row():
     rows = by_row(plan_rows(CONFIGS / "cpu.yaml", "tables.table2.rows.dit_xl.seeds=[0, 1, 2]"))
     row = rows["table2", "dit_xl"]
-    assert row["seeds"] == [0, 1, 2] and len(set(row["run_dirs"])) == 3 and len(set(row["sample_sets"])) == 3
-    assert len(set(row["dvae_run_dirs"])) == 3  # each seed retrains the whole pipeline, DVAE included
+    assert (row["seeds"] == [0, 1, 2] and len(set(row["run_dirs"])) == 3
+            and len(set(row["sample_sets"])) == 3)
+    # each seed retrains the whole pipeline, DVAE included
+    assert len(set(row["dvae_run_dirs"])) == 3
 
 
 def test_plan_of_one_table_and_cpu_labels():
     rows = plan_rows(CONFIGS / "cpu.yaml")
     table4 = [r for r in rows if r["table"] == "table4"]
     assert [r["paper_method"] for r in table4] == ["12 + 0", "10 + 2", "8 + 4", "12 + 2", "12 + 4"]
-    assert [r["label"].split(" (")[1].split(",")[0] for r in table4] == ["4+0", "3+1", "2+2", "4+1", "4+2"]
+    assert ([r["label"].split(" (")[1].split(",")[0] for r in table4]
+            == ["4+0", "3+1", "2+2", "4+1", "4+2"])
     args = [sys.executable, "-m", "d2it.cli", "study", "plan", "--table", "table5"]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO)  # default: config/cpu.yaml
-    assert [json.loads(line)["row"] for line in proc.stdout.splitlines()] == ["random", "gt", "predicted"]
+    # default: config/cpu.yaml
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
+    assert ([json.loads(line)["row"] for line in proc.stdout.splitlines()]
+            == ["random", "gt", "predicted"])
     proc = subprocess.run(args[:-1] + ["table9"], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 2 and "has no table 'table9' (its tables: table2, table3" in proc.stderr
+    assert (proc.returncode == 2
+            and "has no table 'table9' (its tables: table2, table3" in proc.stderr)
 
 
 def test_plan_targets_and_paths_are_per_study(tmp_path):
     cpu = studies.plan(studies.load(CONFIGS / "cpu.yaml"))
     other = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["name=cpu2"]))
     assert [str(p) for p in cpu.targets()] == [f"results/cpu/{t}" for t in (
-        "table2.csv", "table3.csv", "table4.csv", "table5.csv", "fig3.png", "fig4.png", "dvae_recon.csv")]
+        "table2.csv", "table3.csv", "table4.csv", "table5.csv", "fig3.png", "fig4.png",
+        "dvae_recon.csv")]
     ours = {str(p) for ss in cpu.sample_sets.values() for p in (ss.npz, ss.grid, ss.metrics)}
     theirs = {str(p) for ss in other.sample_sets.values() for p in (ss.npz, ss.grid, ss.metrics)}
     assert ours and not ours & theirs
-    assert not {str(r.folder) for r in cpu.runs.values()} & {str(r.folder) for r in other.runs.values()}
+    assert not ({str(r.folder) for r in cpu.runs.values()}
+                & {str(r.folder) for r in other.runs.values()})

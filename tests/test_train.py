@@ -1,4 +1,5 @@
-"""The shared training loop: exact resume after SIGKILL, SIGTERM checkpoints, refusals, NaN, tracking."""
+"""The shared training loop: exact resume after SIGKILL, SIGTERM checkpoints, refusals, NaN,
+tracking."""
 import json
 import os
 import signal
@@ -52,7 +53,8 @@ def job(request, study, latent_cache, tmp_path_factory):
 
     long = {**study, "train": LONG}
     if request.param == "dvae":
-        dvae = {**study["dvae"], "gan_weight": 0.1, "gan_start": 5, "train": {**study["dvae"]["train"], **LONG}}
+        dvae = {**study["dvae"], "gan_weight": 0.1, "gan_start": 5,
+                "train": {**study["dvae"]["train"], **LONG}}
         long = {**long, "dvae": dvae}
     path = tmp_path_factory.mktemp("cfg") / "long.yaml"
     path.write_text(yaml.safe_dump(long))
@@ -106,7 +108,8 @@ def test_folder_of_another_config_is_refused_untouched(job, reference_run):
     key = "dvae.train.lr" if job[0] == "dvae" else "train.lr"
     proc = run_cli("train", *job, "--out", reference_run, "--set", f"{key}=0.5")
     assert proc.returncode == 2
-    assert "holds a run of a different config (" in proc.stderr and "train.lr: 0.001 -> 0.5)" in proc.stderr
+    assert ("holds a run of a different config (" in proc.stderr
+            and "train.lr: 0.001 -> 0.5)" in proc.stderr)
     assert {p: p.read_bytes() for p in reference_run.rglob("*") if p.is_file()} == before
 
 
@@ -135,14 +138,16 @@ class ToyTask:
 
 
 def toy_cfg(**kw):
-    return {**config.validate({"name": "t"})["dvae"]["train"], "steps": 12, "batch_size": 8, "ckpt_every": 2, "log_every": 1,
-            "ema": None, **kw}
+    return {**config.validate({"name": "t"})["dvae"]["train"], "steps": 12, "batch_size": 8,
+            "ckpt_every": 2, "log_every": 1, "ema": None, **kw}
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(D2itError, match="non-finite main loss .* at step 5"):
-        train(ToyTask(nan_at=5), toy_cfg(), tmp_path, {"identity": {"toy": 1}}, {"uri": None, "experiment": "t"}, seed=0)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["ckpt-000000002.pt", "ckpt-000000004.pt"]
+        train(ToyTask(nan_at=5), toy_cfg(), tmp_path, {"identity": {"toy": 1}},
+              {"uri": None, "experiment": "t"}, seed=0)
+    assert (sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+            == ["ckpt-000000002.pt", "ckpt-000000004.pt"])
     assert not (tmp_path / "final.pt").exists()
 
 
@@ -150,19 +155,22 @@ def test_mlflow_mirrors_the_json_metrics(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    train(ToyTask(), toy_cfg(), tmp_path / "run", {"identity": {"toy": 1}}, {"uri": uri, "experiment": "t"}, seed=0)
+    train(ToyTask(), toy_cfg(), tmp_path / "run", {"identity": {"toy": 1}},
+          {"uri": uri, "experiment": "t"}, seed=0)
     client = MlflowClient(uri)
     run = client.get_run((tmp_path / "run" / "mlflow_run_id").read_text())
     assert run.info.status == "FINISHED" and run.data.params["toy"] == "1"
     history = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
-    logged = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(l)["loss"]
+              for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert history == pytest.approx(logged) and len(logged) == 12
 
 
 def test_broken_tracking_warns_and_training_goes_on(tmp_path, caplog):
     (tmp_path / "a-file").write_text("")
     uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a database that cannot be created
-    summary = train(ToyTask(), toy_cfg(), tmp_path / "run", {"identity": {"toy": 1}}, {"uri": uri, "experiment": "t"}, seed=0)
+    summary = train(ToyTask(), toy_cfg(), tmp_path / "run", {"identity": {"toy": 1}},
+                    {"uri": uri, "experiment": "t"}, seed=0)
     assert summary["steps"] == 12
     assert "MLflow tracking off for this run" in caplog.text
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
@@ -180,7 +188,8 @@ def test_epoch_batches_resume_mid_epoch():
 def test_micro_batches_of_ranks_and_rounds_cover_the_global_batch():
     """Rank r of 2 takes rows r, r + 2, ... of each global batch of 8, in 2 rounds of 2 rows."""
     full = list(EpochBatches(40, 8, seed=3, start=0, total=5))
-    parts = {r: list(EpochBatches(40, 8, seed=3, start=0, total=5, rank=r, world=2, rounds=2)) for r in (0, 1)}
+    parts = {r: list(EpochBatches(40, 8, seed=3, start=0, total=5, rank=r, world=2, rounds=2))
+             for r in (0, 1)}
     for step, batch in enumerate(full):
         rank0, rank1 = (parts[r][2 * step] + parts[r][2 * step + 1] for r in (0, 1))
         assert rank0 == batch[0::2] and rank1 == batch[1::2]

@@ -22,19 +22,22 @@ D2IT = [sys.executable, "-m", "d2it.cli"]
 
 def readme_commands(pattern: str) -> list[str]:
     """Commands of the README's indented code lines that match `pattern`."""
-    lines = (line.strip() for line in (REPO / "README.md").read_text().splitlines() if line.startswith("    "))
+    lines = (line.strip() for line in (REPO / "README.md").read_text().splitlines()
+             if line.startswith("    "))
     return [line for line in lines if re.search(pattern, line)]
 
 
 @pytest.fixture
 def checkout(tmp_path):
-    """The workflow's files in a folder of their own, with placeholders for the prepared datasets."""
+    """The workflow's files in a folder of their own, with placeholders for the prepared
+    datasets."""
     for name in ("Snakefile", "workflow", "config"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
     for data in ("imagenet256", "ffhq256"):
         (tmp_path / "data" / data).mkdir(parents=True)
-        (tmp_path / "data" / data / "manifest.json").write_text("{}")  # read by jobs, not by a dry run
+        # read by jobs, not by a dry run
+        (tmp_path / "data" / data / "manifest.json").write_text("{}")
     return tmp_path
 
 
@@ -54,7 +57,8 @@ def dry_run(args: list, cwd: Path) -> list[dict]:
 
 
 def plan_rows(config: str, cwd: Path) -> list[dict]:
-    proc = subprocess.run([*D2IT, "study", "plan", "--config", config], capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.run([*D2IT, "study", "plan", "--config", config], capture_output=True,
+                          text=True, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
@@ -66,9 +70,11 @@ def test_readme_cluster_command_resolves_to_the_planned_paper_jobs(study, checko
     jobs = dry_run(shlex.split(command)[1:], checkout)
     rows = plan_rows(f"config/{study}.yaml", checkout)
     # the jobs read the study as planned: the resolved config they get plans the same rows
-    (job_config,) = {re.search(r"--config (\S+)", job["shell"])[1] for job in jobs if "--config" in job["shell"]}
+    (job_config,) = {re.search(r"--config (\S+)", job["shell"])[1] for job in jobs
+                     if "--config" in job["shell"]}
     assert plan_rows(job_config, checkout) == rows
-    trains = {job["output"][0].removesuffix("/final.pt"): job["shell"] for job in jobs if job["rule"] == "train_model"}
+    trains = {job["output"][0].removesuffix("/final.pt"): job["shell"] for job in jobs
+              if job["rule"] == "train_model"}
     samples = {Path(job["output"][0]).stem: job["shell"] for job in jobs if job["rule"] == "sample"}
     for row in rows:
         for run in row["run_dirs"] + row["grain_run_dirs"]:
@@ -83,7 +89,8 @@ def test_readme_cluster_command_resolves_to_the_planned_paper_jobs(study, checko
     if study == "imagenet256":  # Table 2 at paper scale: DiT-XL/2, 50K samples of 250 DDPM steps
         dit = by_row["table2", "dit_xl"]
         assert dit["params"]["content"] == 675_129_632 and dit["train_steps"] == 400_000
-        assert (dit["n"], dit["sampler"], dit["sampling_steps"], dit["protocol"]) == (50_000, "ddpm", 250, "fid50k")
+        assert ((dit["n"], dit["sampler"], dit["sampling_steps"], dit["protocol"])
+                == (50_000, "ddpm", 250, "fid50k"))
         assert len(trains) == 3  # DiT-XL/2, D²iT-XL and its grain model; the -G rows reuse them
     else:  # FFHQ: Tables 3/4 at B, Tables 1/5 at L, FID-10K
         assert {r["size"] for (t, _), r in by_row.items() if t in ("table3", "table4")} == {"B"}
@@ -94,7 +101,8 @@ def test_readme_cluster_command_resolves_to_the_planned_paper_jobs(study, checko
 def test_readme_single_target_command_keeps_its_target(checkout):
     (command,) = readme_commands(r"^snakemake results/imagenet256/table2\.csv ")
     jobs = dry_run(shlex.split(command)[1:], checkout)
-    assert [job["rule"] for job in jobs].count("paper_table") == 1 and "all" not in {j["rule"] for j in jobs}
+    assert ([job["rule"] for job in jobs].count("paper_table") == 1
+            and "all" not in {j["rule"] for j in jobs})
     assert not any(j["rule"] == "samples_figure" for j in jobs)  # only what Table 2 needs
 
 
@@ -102,18 +110,22 @@ def test_default_target_is_the_cpu_study(checkout):
     jobs = dry_run(["--cores", "2"], checkout)
     (target,) = [job for job in jobs if job["rule"] == "all"]
     plan = studies.plan(studies.load(REPO / "config" / "cpu.yaml"))
-    assert {job["rule"] for job in jobs} >= {"synth_data", "train_dvae", "train_model", "sample", "paper_table"}
+    assert {job["rule"] for job in jobs} >= {"synth_data", "train_dvae", "train_model", "sample",
+                                             "paper_table"}
     tables = [job["output"][0] for job in jobs if job["rule"] == "paper_table"]
-    assert sorted(tables) == sorted(str(p) for p in plan.targets() if p.suffix == ".csv" and "table" in p.name)
+    assert sorted(tables) == sorted(str(p) for p in plan.targets()
+                                    if p.suffix == ".csv" and "table" in p.name)
     other = dry_run(["--cores", "2", "--config", "name=cpu2"], checkout)  # --config applies on top
     assert {job["output"][0] for job in other if job["rule"] == "paper_table"} == \
         {t.replace("results/cpu/", "results/cpu2/") for t in tables}
 
 
 def test_one_study_at_a_time(checkout):
-    proc = subprocess.run([SNAKEMAKE, "-n", "--configfile", "config/cpu.yaml", "config/ffhq256.yaml"],
+    proc = subprocess.run([SNAKEMAKE, "-n", "--configfile", "config/cpu.yaml",
+                           "config/ffhq256.yaml"],
                           capture_output=True, text=True, cwd=checkout)
-    assert proc.returncode != 0 and "--configfile takes one study, got 2" in proc.stdout + proc.stderr
+    assert (proc.returncode != 0
+            and "--configfile takes one study, got 2" in proc.stdout + proc.stderr)
 
 
 def tree_digest(folder: Path) -> dict:
@@ -132,32 +144,37 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
                        figures={"fig3": {"spec": "d2it"}},
                        metrics={"extractor": "effnet", "bootstrap": 4, "kid_subset_size": 4,
                                 "reference_features": 50, "num_workers": 0})
-    second = {**first, "name": "tiny2", "recon": {"fine_ratios": [1.0]}, "tables": {}, "figures": {}}
+    second = {**first, "name": "tiny2", "recon": {"fine_ratios": [1.0]}, "tables": {},
+              "figures": {}}
     for study in (first, second):
         (tmp_path / f"{study['name']}.yaml").write_text(yaml.safe_dump(study))
     args = [SNAKEMAKE, "-s", REPO / "Snakefile", "--cores", "2"]
-    proc = subprocess.run([*args, "--configfile", "tiny.yaml"], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=900)
+    proc = subprocess.run([*args, "--configfile", "tiny.yaml"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plan = studies.plan(studies.resolve(yaml.safe_load((tmp_path / "tiny.yaml").read_text()), "tiny"))
+    plan = studies.plan(studies.resolve(yaml.safe_load((tmp_path / "tiny.yaml").read_text()),
+                                        "tiny"))
     assert all((tmp_path / p).exists() for p in plan.targets())
-    assert (tmp_path / "results/tiny/samples").is_dir() and (tmp_path / "results/tiny/metrics/dvae").is_dir()
+    assert ((tmp_path / "results/tiny/samples").is_dir()
+            and (tmp_path / "results/tiny/metrics/dvae").is_dir())
     table = (tmp_path / "results/tiny/table2.csv").read_text()
     assert "DiT-tiny/2" in table and "fd_effnet_6" in table
     before = tree_digest(tmp_path / "results" / "tiny")
-    proc = subprocess.run([*args, "--configfile", "tiny2.yaml"], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=900)
+    proc = subprocess.run([*args, "--configfile", "tiny2.yaml"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "results/tiny2/dvae_recon.csv").exists()
     assert tree_digest(tmp_path / "results" / "tiny") == before
     # running the first study again finds nothing to do, also after edits that change no number
-    proc = subprocess.run([*args, "--configfile", "tiny.yaml", "-n"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([*args, "--configfile", "tiny.yaml", "-n"], capture_output=True,
+                          text=True, cwd=tmp_path)
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    edited = {**first, "data": {**data, "num_workers": 1}, "tracking": {"uri": "sqlite:///other.db"},
+    edited = {**first, "data": {**data, "num_workers": 1},
+              "tracking": {"uri": "sqlite:///other.db"},
               "metrics": {**first["metrics"], "num_workers": 1, "batch_size": 7},
               "train": {**first["train"], "log_every": 2, "batch_gpu": 4},
               "sampling": {**first["sampling"], "batch_size": 3}}
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
-    proc = subprocess.run([*args, "--configfile", "edited.yaml", "-n"], capture_output=True, text=True,
-                          cwd=tmp_path)
+    proc = subprocess.run([*args, "--configfile", "edited.yaml", "-n"], capture_output=True,
+                          text=True, cwd=tmp_path)
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]

@@ -18,7 +18,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
 def center_crop(image: Image.Image, resolution: int) -> np.ndarray:
-    """ADM's centre crop: halve with a box filter while possible, bicubic to size, crop the centre."""
+    """ADM's centre crop: halve with a box filter while possible, bicubic to size, crop the
+    centre."""
     while min(image.size) >= 2 * resolution:
         image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
     scale = resolution / min(image.size)
@@ -38,7 +39,8 @@ def read_image(path: Path) -> Image.Image:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """One split of a manifest; items are (uint8 tensor 3 x R x R, label). Flips happen in training."""
+    """One split of a manifest; items are (uint8 tensor 3 x R x R, label). Flips happen in
+    training."""
 
     def __init__(self, manifest: Manifest, split: str, resolution: int):
         self.root = manifest.root_dir
@@ -76,7 +78,8 @@ def _in_heldout(rel: str, fraction: float) -> bool:
 
 
 def prepare(src: Path, out: Path, heldout_fraction: float) -> Manifest:
-    """Manifest for a user's folder: class sub-folders (ImageNet) or a flat folder (FFHQ, one class)."""
+    """Manifest for a user's folder: class sub-folders (ImageNet) or a flat folder (FFHQ, one
+    class)."""
     src = Path(src).resolve()
     if not src.is_dir():
         raise D2itError(f"{src}: not a folder")

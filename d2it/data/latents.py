@@ -36,7 +36,8 @@ class LatentCache:
         try:
             self.meta = json.loads(path.read_text())
         except FileNotFoundError:
-            raise D2itError(f"{self.folder}: no latent cache (make it with `d2it encode`)") from None
+            raise D2itError(f"{self.folder}: no latent cache "
+                            "(make it with `d2it encode`)") from None
         except json.JSONDecodeError as e:
             raise D2itError(f"{path}: not a latent cache's meta.json ({e})") from None
         if self.meta.get("format") != FORMAT:
@@ -67,7 +68,8 @@ class LatentCache:
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as e:
-            raise D2itError(f"{path}: unreadable latent array ({e}); re-encode with `d2it encode`") from None
+            raise D2itError(f"{path}: unreadable latent array ({e}); "
+                            "re-encode with `d2it encode`") from None
 
     def dataset(self, split: str = "train") -> "LatentDataset":
         return LatentDataset(self.folder, split)
@@ -87,7 +89,8 @@ class RowFile:
                 shape, fortran, self.dtype = read_header(f)
                 self.offset = f.tell()
         except (OSError, ValueError) as e:
-            raise D2itError(f"{self.path}: unreadable latent array ({e}); re-encode with `d2it encode`") from None
+            raise D2itError(f"{self.path}: unreadable latent array ({e}); "
+                            "re-encode with `d2it encode`") from None
         if fortran:
             raise D2itError(f"{self.path}: Fortran-ordered array; re-encode with `d2it encode`")
         self.row_shape = shape[1:]
@@ -145,7 +148,8 @@ class CacheWriter:
         self.moments = np.zeros(3)  # count, sum, sum of squares of the training latents (float64)
         self.fine = np.zeros(2)  # fine regions, regions of the training grain maps
 
-    def add(self, split: str, latents: torch.Tensor, grain: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, split: str, latents: torch.Tensor, grain: torch.Tensor,
+            labels: torch.Tensor) -> None:
         """Append a batch: latents B x V x C x H x W, grain B x V x h x w, labels B."""
         start = self.filled[split]
         stop = start + len(latents)

@@ -39,7 +39,8 @@ class Manifest:
         try:
             obj = json.loads(path.read_text())
         except FileNotFoundError:
-            raise D2itError(f"{path}: manifest not found (make it with `d2it data synth` or `d2it data prepare`)")
+            raise D2itError(f"{path}: manifest not found "
+                            "(make it with `d2it data synth` or `d2it data prepare`)")
         except json.JSONDecodeError as e:
             raise D2itError(f"{path}: not a valid manifest ({e})")
         if obj.get("format") != FORMAT:

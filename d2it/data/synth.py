@@ -26,7 +26,8 @@ SPLITS = ("train", "heldout")
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside-test on coordinates (u, v) already centred, rotated and scaled to the object's radius."""
+    """Inside-test on coordinates (u, v) already centred, rotated and scaled to the object's
+    radius."""
     if shape == "disc":
         return u**2 + v**2 <= 1
     if shape == "square":
@@ -41,18 +42,22 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(shape)
 
 
-def _texture(texture: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray, res: int) -> np.ndarray:
-    """Mixing weight in [0, 1] per pixel: full-contrast patterns spread the grey values of a region."""
+def _texture(texture: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
+             res: int) -> np.ndarray:
+    """Mixing weight in [0, 1] per pixel: full-contrast patterns spread the grey values of a
+    region."""
     if texture == "stripes":
         theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
         period = rng.uniform(3.0, 6.0) * res / 64
-        return 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(theta) + y * np.sin(theta)) / period + phase)
+        return 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(theta) + y * np.sin(theta)) / period
+                                  + phase)
     if texture == "noise":
         return rng.uniform(0, 1, size=x.shape)
     raise ValueError(texture)
 
 
-def render(seed: int, split: str, index: int, resolution: int) -> tuple[np.ndarray, int, np.ndarray]:
+def render(seed: int, split: str, index: int,
+           resolution: int) -> tuple[np.ndarray, int, np.ndarray]:
     """One image (uint8 H x W x 3), its label and its object mask (bool H x W)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     label = index % len(CLASSES)
@@ -88,7 +93,8 @@ def _write_png(array: np.ndarray, path: Path) -> None:
 
 
 def synthesize(out: Path, *, seed: int, resolution: int, n_train: int, n_heldout: int) -> Manifest:
-    """Write the dataset under `out` (split/class/index.png + manifest.json); atomic: all or nothing."""
+    """Write the dataset under `out` (split/class/index.png + manifest.json); atomic: all or
+    nothing."""
     out = Path(out)
     params = {"version": GENERATOR_VERSION, "seed": seed, "resolution": resolution,
               "n_train": n_train, "n_heldout": n_heldout}
@@ -99,7 +105,8 @@ def synthesize(out: Path, *, seed: int, resolution: int, n_train: int, n_heldout
         raise D2itError(f"{out} holds a dataset made with {existing.generator}, not {params}; "
                         "choose another folder or delete it")
     if out.exists() and any(out.iterdir()):
-        raise D2itError(f"{out} exists, is not empty and has no manifest.json: refusing to write into it")
+        raise D2itError(f"{out} exists, is not empty and has no manifest.json: "
+                        "refusing to write into it")
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

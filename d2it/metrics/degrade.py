@@ -12,7 +12,8 @@ def blur(images: torch.Tensor, sigma: float, radius: int = 6) -> torch.Tensor:
     k = (k / k.sum()).repeat(3, 1, 1, 1)
     img = F.pad(images.float(), (radius, radius, 0, 0), mode="reflect")
     img = F.conv2d(img, k.reshape(3, 1, 1, -1), groups=3)
-    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.reshape(3, 1, -1, 1), groups=3)
+    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.reshape(3, 1, -1, 1),
+                   groups=3)
     return img.round().clamp(0, 255).to(torch.uint8)
 
 

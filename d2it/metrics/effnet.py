@@ -33,7 +33,8 @@ def weights_sha256() -> str:
 def load_network() -> EfficientNet:
     """EfficientNet-Lite0, ImageNet weights loaded strictly, frozen, in eval mode."""
     net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True), strict=True)
+    net.load_state_dict(torch.load(weights_path(), map_location="cpu", weights_only=True),
+                        strict=True)
     net.eval().requires_grad_(False)
     return net
 
@@ -44,7 +45,8 @@ def normalise_uint8_range(x: torch.Tensor) -> torch.Tensor:
 
 
 class EffNetExtractor(FeatureExtractorBase):
-    """torch-fidelity extractor: uint8 B x 3 x H x W -> (1280-d pooled features, 1000 ImageNet logits)."""
+    """torch-fidelity extractor: uint8 B x 3 x H x W -> (1280-d pooled features, 1000 ImageNet
+    logits)."""
 
 
     def __init__(self, name, features_list, **kwargs):
@@ -68,8 +70,8 @@ class EffNetExtractor(FeatureExtractorBase):
         return (torch.rand([1, 3, INPUT_SIZE, INPUT_SIZE]) * 255).to(torch.uint8)
 
     def forward(self, x: torch.Tensor):
-        x = F.interpolate(x.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
-                          antialias=True)
+        x = F.interpolate(x.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                          align_corners=False, antialias=True)
         maps = self.net.extract_features(normalise_uint8_range(x))
         pool = maps.mean((2, 3))
         features = {"pool": pool, "logits": self.net._fc(pool)}
@@ -85,7 +87,8 @@ def register() -> str:
 class EffNetPerceptual(nn.Module):
     """LPIPS-style distance on EfficientNet-Lite0 features (unit-normalised channels, no learned
     weights): the offline perceptual loss. Taps the stem and the ends of the stride-4, -8 and -16
-    stages; inputs in [-1, 1] at their own size (upsampling small images costs more than it helps)."""
+    stages; inputs in [-1, 1] at their own size (upsampling small images costs more than it
+    helps)."""
 
     def __init__(self):
         super().__init__()

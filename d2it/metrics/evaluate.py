@@ -37,16 +37,19 @@ def _images(items: list) -> torch.Tensor:
 
 
 def extract(images: torch.Tensor | torch.utils.data.Dataset, extractor: Extractor, batch_size: int,
-            device: torch.device, workers: int = 0, desc: str = "features") -> dict[str, torch.Tensor]:
+            device: torch.device, workers: int = 0,
+            desc: str = "features") -> dict[str, torch.Tensor]:
     """Pooled features and logits of uint8 N x 3 x H x W images: a tensor, or a dataset whose images
-    `workers` processes decode batch by batch, so a large reference set never sits in memory whole."""
+    `workers` processes decode batch by batch, so a large reference set never sits in memory
+    whole."""
     net = extractor.create(device)
     if torch.is_tensor(images):
         images = UInt8Images(images)
-    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=_images)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=_images)
     parts = [torch_fidelity.utils.get_featuresdict_from_dataset(UInt8Images(batch), net, batch_size,
-                                                                cuda=device.type == "cuda", save_cpu_ram=True,
-                                                                verbose=False)
+                                                                cuda=device.type == "cuda",
+                                                                save_cpu_ram=True, verbose=False)
              for batch in tqdm(loader, desc=desc, unit="batch", leave=False)]
     return {key: torch.cat([part[name] for part in parts]).double()
             for key, name in zip(("pool", "logits"), extractor.features)}
@@ -56,70 +59,83 @@ def frechet_distance(stats_a: dict, stats_b: dict) -> float:
     return fid_statistics_to_metric(stats_a, stats_b, verbose=False)["frechet_inception_distance"]
 
 
-def bootstrap_fd(features: torch.Tensor, reference: dict, rounds: int, seed: int) -> tuple[float, float]:
-    """95 % interval of FD from the spread of FD over resamplings (with replacement) of the generated
-    features: point estimate ± 1.96 bootstrap standard errors. Resampling duplicates samples, which
-    biases FD upwards, so the resamples' percentiles would not bracket the estimate; their spread does."""
+def bootstrap_fd(features: torch.Tensor, reference: dict, rounds: int,
+                 seed: int) -> tuple[float, float]:
+    """95 % interval of FD from the spread of FD over resamplings (with replacement) of the
+    generated features: point estimate ± 1.96 bootstrap standard errors. Resampling duplicates
+    samples, which biases FD upwards, so the resamples' percentiles would not bracket the estimate;
+    their spread does."""
     rng = np.random.default_rng(seed)
     point = frechet_distance(fid_features_to_statistics(features), reference)
-    values = [frechet_distance(fid_features_to_statistics(features[rng.integers(0, len(features), len(features))]),
+    values = [frechet_distance(fid_features_to_statistics(features[rng.integers(0, len(features),
+                                                                                len(features))]),
                                reference) for _ in range(rounds)]
     half = 1.96 * float(np.std(values, ddof=1))
     return point - half, point + half
 
 
 def compare(generated: dict, reference: dict, extractor: Extractor, cfg: dict, seed: int) -> dict:
-    """All metrics of generated features against reference features/statistics (see `reference_stats`)."""
+    """All metrics of generated features against reference features/statistics (see
+    `reference_stats`)."""
     n = len(generated["pool"])
     stats = fid_features_to_statistics(generated["pool"])
     key = lambda m: metric_key(m, extractor, n)  # noqa: E731
     result = {key("fd"): frechet_distance(stats, reference)}
     if cfg["bootstrap"]:
-        result[key("fd") + "_ci95"] = bootstrap_fd(generated["pool"], reference, cfg["bootstrap"], seed)
-    result[key("is")] = isc_features_to_metric(generated["logits"], splits=min(10, n), rng_seed=seed)[
-        "inception_score_mean"]
+        result[key("fd") + "_ci95"] = bootstrap_fd(generated["pool"], reference, cfg["bootstrap"],
+                                                   seed)
+    result[key("is")] = isc_features_to_metric(generated["logits"], splits=min(10, n),
+                                               rng_seed=seed)["inception_score_mean"]
     ref_feats = reference.get("features")
     if ref_feats is not None:
         subset = min(cfg["kid_subset_size"], n, len(ref_feats))
-        kid = kid_features_to_metric(generated["pool"], ref_feats, kid_subsets=100, kid_subset_size=subset,
-                                     kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+        kid = kid_features_to_metric(generated["pool"], ref_feats, kid_subsets=100,
+                                     kid_subset_size=subset, kid_kernel="poly",
+                                     kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
                                      kid_kernel_poly_coef0=1, rng_seed=seed, verbose=False)
         result[key("kid")] = kid["kernel_inception_distance_mean"]
-        prc = prc_features_to_metric(generated["pool"].float(), ref_feats.float(), prc_neighborhood=3,
-                                     prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+        prc = prc_features_to_metric(generated["pool"].float(), ref_feats.float(),
+                                     prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=True,
+                                     verbose=False)
         result[key("precision")], result[key("recall")] = prc["precision"], prc["recall"]
     return result
 
 
 def reference_stats(dataset_fn, key: dict, cache_dir: Path, extractor: Extractor, cfg: dict,
                     device: torch.device) -> dict:
-    """μ, Σ and (up to metrics.reference_features) features of a reference image set, computed once
-    and cached as a file named by what made it (dataset, split, resolution, extractor weights)."""
-    name = "-".join(str(key[k]) for k in ("dataset", "split", "resolution")) + f"-{extractor.short}-{extractor.sha256[:12]}"
+    """μ, Σ and (up to metrics.reference_features) features of a reference image set, computed
+    once and cached as a file named by what made it (dataset, split, resolution, extractor
+    weights)."""
+    name = ("-".join(str(key[k]) for k in ("dataset", "split", "resolution"))
+            + f"-{extractor.short}-{extractor.sha256[:12]}")
     path = Path(cache_dir) / f"{name}.npz"
     if path.exists():
         data = np.load(path)
-        return {"mu": data["mu"], "sigma": data["sigma"], "features": torch.from_numpy(data["features"]),
+        return {"mu": data["mu"], "sigma": data["sigma"],
+                "features": torch.from_numpy(data["features"]),
                 "n": int(data["n"]), "file": str(path)}
-    features = extract(dataset_fn(), extractor, cfg["batch_size"], device, loader_workers(cfg["num_workers"]),
-                       f"reference {key['split']}")["pool"]
+    features = extract(dataset_fn(), extractor, cfg["batch_size"], device,
+                       loader_workers(cfg["num_workers"]), f"reference {key['split']}")["pool"]
     stats = fid_features_to_statistics(features)
-    keep = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:cfg["reference_features"]]]
+    keep = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))
+                    [:cfg["reference_features"]]]
     with atomic(path) as tmp:
         np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], features=keep.numpy(), n=len(features))
     return {**stats, "features": keep, "n": len(features), "file": str(path)}
 
 
 def adm_reference(path: Path, extractor: Extractor, cfg: dict, device: torch.device) -> dict:
-    """An ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz): its mu/sigma (Inception pool_3 of
-    the whole training set) and the features of its 10K images for precision/recall."""
+    """An ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz): its mu/sigma (Inception
+    pool_3 of the whole training set) and the features of its 10K images for precision/recall."""
     if not extractor.comparable:
-        raise D2itError(f"{path}: ADM reference statistics are Inception features; set metrics.extractor: inception")
+        raise D2itError(f"{path}: ADM reference statistics are Inception features; "
+                        "set metrics.extractor: inception")
     data = np.load(path)
     missing = {"mu", "sigma", "arr_0"} - set(data.files)
     if missing:
-        raise D2itError(f"{path}: not an ADM reference batch (missing {', '.join(sorted(missing))})")
+        raise D2itError(f"{path}: not an ADM reference batch "
+                        f"(missing {', '.join(sorted(missing))})")
     images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2)
     features = extract(images, extractor, cfg["batch_size"], device)["pool"]
-    return {"mu": data["mu"].astype(np.float64), "sigma": data["sigma"].astype(np.float64), "features": features,
-            "n": None, "file": str(path)}
+    return {"mu": data["mu"].astype(np.float64), "sigma": data["sigma"].astype(np.float64),
+            "features": features, "n": None, "file": str(path)}

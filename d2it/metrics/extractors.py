@@ -1,4 +1,5 @@
-"""Which network makes the features: Inception (paper-comparable) or the offline EfficientNet-Lite0."""
+"""Which network makes the features: Inception (paper-comparable) or the offline
+EfficientNet-Lite0."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,8 @@ from d2it.errors import D2itError
 from d2it.metrics import effnet
 
 log = logging.getLogger(__name__)
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's inception-v3-compat weights
+# torch-fidelity's inception-v3-compat weights
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 PAPER_COUNTS = (10_000, 50_000)  # FID-10K (FFHQ) and FID-50K (ImageNet)
 
 
@@ -28,13 +30,17 @@ class Extractor:
     def create(self, device: torch.device):
         import torch_fidelity.utils
 
-        kwargs = {"feature_extractor_weights_path": self.weights} if self.short == "inception" else {}
+        kwargs = ({"feature_extractor_weights_path": self.weights} if self.short == "inception"
+                  else {})
         try:
             return torch_fidelity.utils.create_feature_extractor(self.name, list(self.features),
-                                                                 cuda=device.type == "cuda", verbose=False, **kwargs)
-        except OSError as e:  # torch-fidelity's download of the Inception weights failed (no network)
-            raise D2itError(f"Inception weights could not be loaded or downloaded ({e}); set metrics.inception_weights "
-                            f"to a copy of {INCEPTION_FILE}, or use metrics.extractor: effnet") from None
+                                                                 cuda=device.type == "cuda",
+                                                                 verbose=False, **kwargs)
+        except OSError as e:
+            # torch-fidelity's download of the Inception weights failed (no network)
+            raise D2itError(f"Inception weights could not be loaded or downloaded ({e}); "
+                            f"set metrics.inception_weights to a copy of {INCEPTION_FILE}, "
+                            "or use metrics.extractor: effnet") from None
 
 
 def _inception_file(configured: str | None) -> Path | None:
@@ -47,25 +53,27 @@ def _inception_file(configured: str | None) -> Path | None:
 
 
 def resolve(metrics_cfg: dict) -> Extractor:
-    """metrics.extractor: `inception` (its weights from metrics.inception_weights, the torch hub cache,
-    or a download where the network allows), `effnet` (offline), or `auto` (Inception when its
-    weights are on disk, else EfficientNet-Lite0). The choice is logged."""
+    """metrics.extractor: `inception` (its weights from metrics.inception_weights, the torch hub
+    cache, or a download where the network allows), `effnet` (offline), or `auto` (Inception when
+    its weights are on disk, else EfficientNet-Lite0). The choice is logged."""
     choice, weights = metrics_cfg["extractor"], _inception_file(metrics_cfg["inception_weights"])
     if choice == "inception" or (choice == "auto" and weights is not None):
         extractor = Extractor("inception-v3-compat", "inception", ("2048", "logits_unbiased"),
-                              str(weights) if weights else None, sha256_file(weights) if weights else None, True)
+                              str(weights) if weights else None,
+                              sha256_file(weights) if weights else None, True)
     else:
-        extractor = Extractor(effnet.register(), "effnet", ("pool", "logits"), effnet.weights_path(),
-                              effnet.weights_sha256(), False)
-    log.info("metrics: features from %s (%s)%s", extractor.name, extractor.weights or "downloaded by torch-fidelity",
+        extractor = Extractor(effnet.register(), "effnet", ("pool", "logits"),
+                              effnet.weights_path(), effnet.weights_sha256(), False)
+    log.info("metrics: features from %s (%s)%s", extractor.name,
+             extractor.weights or "downloaded by torch-fidelity",
              "" if extractor.comparable else "; not comparable with published Inception numbers")
     return extractor
 
 
 def metric_key(metric: str, extractor: Extractor, n: int) -> str:
-    """fid50k / is10k ... only for Inception features of exactly a paper's sample count; otherwise the
-    extractor and count are spelled out, e.g. fd_effnet_2k, so no number lands under a paper column
-    made another way."""
+    """fid50k / is10k ... only for Inception features of exactly a paper's sample count; otherwise
+    the extractor and count are spelled out, e.g. fd_effnet_2k, so no number lands under a paper
+    column made another way."""
     count = f"{n // 1000}k" if n % 1000 == 0 else str(n)
     if extractor.comparable and n in PAPER_COUNTS:
         return f"{ {'fd': 'fid', 'rfd': 'rfid'}.get(metric, metric)}{count}"

@@ -42,7 +42,8 @@ def reference(config: dict, extractor, device: torch.device) -> dict:
     manifest = Manifest.load(data["manifest"])
     split = cfg["reference"]
     ref = reference_stats(lambda: ImageFolderDataset(manifest, split, data["resolution"]),
-                          {"dataset": manifest.digest()[:12], "split": split, "resolution": data["resolution"]},
+                          {"dataset": manifest.digest()[:12], "split": split,
+                           "resolution": data["resolution"]},
                           Path(cfg["reference_dir"]), extractor, cfg, device)
     return {**ref, "split": split}
 
@@ -57,7 +58,8 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
     runs = []
     for path in samples:
         images = load_samples(path, cfg["n_samples"])
-        values = compare(extract(images, extractor, cfg["batch_size"], device), ref, extractor, cfg, cfg["seed"])
+        values = compare(extract(images, extractor, cfg["batch_size"], device), ref, extractor, cfg,
+                         cfg["seed"])
         meta = Path(path).with_suffix(".json")
         runs.append({"samples": str(path), "n_generated": len(images), **values,
                      "sampling": json.loads(meta.read_text()) if meta.is_file() else None})
@@ -65,15 +67,19 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
     if len(runs) > 1:
         for key in (k for k, v in runs[0].items() if isinstance(v, float)):
             values = [r[key] for r in runs]
-            result[key], result[f"{key}_std"] = float(np.mean(values)), float(np.std(values, ddof=1))
+            result[key] = float(np.mean(values))
+            result[f"{key}_std"] = float(np.std(values, ddof=1))
     n = runs[0]["n_generated"]
     result.update(
         keys={m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")},
-        extractor=extractor.name, extractor_sha256=extractor.sha256, comparable_with_paper=extractor.comparable,
+        extractor=extractor.name, extractor_sha256=extractor.sha256,
+        comparable_with_paper=extractor.comparable,
         seed=cfg["seed"], n_sets=len(runs),
-        reference={"file": ref["file"], "split": ref.get("split"), "n": ref["n"], "n_features": len(ref["features"])},
-        protocol=(f"{n} samples per set vs {Path(ref['file']).name}; {extractor.name} features; torch-fidelity "
-                  f"FD/IS/KID, precision/recall k=3" + ("" if extractor.comparable else
-                                                         "; not comparable with published Inception numbers")))
+        reference={"file": ref["file"], "split": ref.get("split"), "n": ref["n"],
+                   "n_features": len(ref["features"])},
+        protocol=(f"{n} samples per set vs {Path(ref['file']).name}; {extractor.name} features; "
+                  f"torch-fidelity FD/IS/KID, precision/recall k=3"
+                  + ("" if extractor.comparable else
+                     "; not comparable with published Inception numbers")))
     write_json_atomic(out, result)
     return result

@@ -31,9 +31,11 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         grid = input_size // patch_size
-        # Fixed sin-cos table, kept as a frozen parameter so the official state dicts load as they are.
+        # Fixed sin-cos table, kept as a frozen parameter so the official state dicts load as they
+        # are.
         self.pos_embed = nn.Parameter(sincos_2d(hidden_size, grid, grid)[None], requires_grad=False)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio)
+                                     for _ in range(depth)])
         self.final_layer = FinalLayer(hidden_size, patch_size * patch_size * self.out_channels)
         init_dit_weights(self)
 

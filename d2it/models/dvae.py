@@ -18,14 +18,15 @@ from d2it.grain import expand, merge
 from d2it.nn.conv import Downsample, Upsample, mid_block, norm, stage
 from d2it.nn.posembed import sincos_2d
 
-# Architecture presets. ch_mult has one entry per level at factors 1, 2, 4, ..., 2f (the coarse grid);
-# attention runs at the listed downsampling factors.
+# Architecture presets. ch_mult has one entry per level at factors 1, 2, 4, ..., 2f (the coarse
+# grid); attention runs at the listed downsampling factors.
 PRESETS = {
     # CPU study: 32 px -> 16x16x4 latent (64 DiT/2 tokens), ~0.17 s per batch-32 step on 2 cores.
-    "tiny": dict(fine_factor=2, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_factors=(), latent_channels=4),
+    "tiny": dict(fine_factor=2, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_factors=(),
+                 latent_channels=4),
     # DQ-VAE's dual-grain encoder (ch 128, mult [1,1,2,2,4], attention at 16 and 32 px of 256).
-    "paper": dict(fine_factor=8, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_factors=(8, 16),
-                  latent_channels=4),
+    "paper": dict(fine_factor=8, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                  attn_factors=(8, 16), latent_channels=4),
 }
 
 
@@ -35,18 +36,22 @@ def head(cin: int, cout: int) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    def __init__(self, *, fine_factor, ch, ch_mult, num_res_blocks, attn_factors, latent_channels, dual):
+    def __init__(self, *, fine_factor, ch, ch_mult, num_res_blocks, attn_factors, latent_channels,
+                 dual):
         super().__init__()
         if 2 ** (len(ch_mult) - 1) != 2 * fine_factor:
-            raise ValueError(f"ch_mult needs {int(math.log2(fine_factor)) + 2} levels for fine factor {fine_factor}")
+            raise ValueError(f"ch_mult needs {int(math.log2(fine_factor)) + 2} levels "
+                             f"for fine factor {fine_factor}")
         self.fine_level = int(math.log2(fine_factor))
-        last = len(ch_mult) - 1 if dual else self.fine_level  # a fixed-rate VAE stops at the fine grid
+        # a fixed-rate VAE stops at the fine grid
+        last = len(ch_mult) - 1 if dual else self.fine_level
         widths = [ch * m for m in ch_mult]
         self.conv_in = nn.Conv2d(3, ch, 3, padding=1)
         self.levels = nn.ModuleList()
         cin = ch
         for i in range(last + 1):
-            self.levels.append(nn.Sequential(stage(cin, widths[i], num_res_blocks, 2**i in attn_factors),
+            self.levels.append(nn.Sequential(stage(cin, widths[i], num_res_blocks,
+                                                   2**i in attn_factors),
                                              Downsample(widths[i]) if i < last else nn.Identity()))
             cin = widths[i]
         self.fine_head = head(widths[self.fine_level], 2 * latent_channels)
@@ -63,12 +68,14 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, *, fine_factor, ch, ch_mult, num_res_blocks, attn_factors, latent_channels, latent_size):
+    def __init__(self, *, fine_factor, ch, ch_mult, num_res_blocks, attn_factors, latent_channels,
+                 latent_size):
         super().__init__()
         fine_level = int(math.log2(fine_factor))
         widths = [ch * m for m in ch_mult[:fine_level + 1]]
         self.conv_in = nn.Conv2d(latent_channels, widths[-1], 3, padding=1)
-        pos = sincos_2d(widths[-1], latent_size, latent_size).T.reshape(1, widths[-1], latent_size, latent_size)
+        pos = sincos_2d(widths[-1], latent_size, latent_size).T.reshape(1, widths[-1], latent_size,
+                                                                        latent_size)
         self.pos_embed = nn.Parameter(pos)
         self.mid = mid_block(widths[-1])
         layers, cin = [], widths[-1]
@@ -127,8 +134,8 @@ class DVAE(nn.Module):
         self.fine_factor = arch["fine_factor"]
         self.latent_channels = arch["latent_channels"]
         self.dual = dual
-        common = {k: arch[k] for k in ("fine_factor", "ch", "ch_mult", "num_res_blocks", "attn_factors",
-                                       "latent_channels")}
+        common = {k: arch[k] for k in ("fine_factor", "ch", "ch_mult", "num_res_blocks",
+                                       "attn_factors", "latent_channels")}
         self.encoder = Encoder(**common, dual=dual)
         self.decoder = Decoder(**common, latent_size=resolution // self.fine_factor)
 
@@ -140,7 +147,8 @@ class DVAE(nn.Module):
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor, grain: torch.Tensor, randn=None):
-        """Reconstruction from a posterior sample (noise from randn(shape)) or, without randn, the mean."""
+        """Reconstruction from a posterior sample (noise from randn(shape)) or, without randn, the
+        mean."""
         posterior = self.encode(x, grain)
         return self.decode(posterior.latent(randn)), posterior
 

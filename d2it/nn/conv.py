@@ -1,4 +1,5 @@
-"""Convolutional blocks of the autoencoders (taming/LDM style): ResNet blocks, attention, resampling."""
+"""Convolutional blocks of the autoencoders (taming/LDM style): ResNet blocks, attention,
+resampling."""
 from __future__ import annotations
 
 import torch
@@ -66,4 +67,5 @@ def stage(cin: int, cout: int, blocks: int, attention: bool) -> nn.Sequential:
 
 
 def mid_block(channels: int) -> nn.Sequential:
-    return nn.Sequential(ResBlock(channels, channels), AttnBlock(channels), ResBlock(channels, channels))
+    return nn.Sequential(ResBlock(channels, channels), AttnBlock(channels),
+                         ResBlock(channels, channels))

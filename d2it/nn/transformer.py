@@ -1,6 +1,7 @@
 """Transformer blocks shared by DiT and D²iT: embedders, adaLN-Zero blocks, the final layer.
 
-Parameter names follow facebookresearch/DiT's models.py, so its released checkpoints load as they are.
+Parameter names follow facebookresearch/DiT's models.py, so its released checkpoints load
+as they are.
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, hidden: int, frequency_size: int = 256):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden))
         self.frequency_size = frequency_size
 
     @staticmethod
     def features(t: torch.Tensor, dim: int, max_period: float = 10000) -> torch.Tensor:
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        freqs = torch.exp(-math.log(max_period)
+                          * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t[:, None].float() * freqs[None]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -35,14 +38,16 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Class embedding with one extra 'null' row; labels dropped to null with probability p in training."""
+    """Class embedding with one extra 'null' row; labels dropped to null with probability p in
+    training."""
 
     def __init__(self, num_classes: int, hidden: int, dropout: float):
         super().__init__()
         self.embedding_table = nn.Embedding(num_classes + int(dropout > 0), hidden)
         self.num_classes, self.dropout = num_classes, dropout
 
-    def forward(self, labels: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor, train: bool,
+                force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
         """force_drop_ids (bool or 0/1 per label) replaces the random drop, as in DiT."""
         if force_drop_ids is not None:
             labels = torch.where(force_drop_ids.bool(), self.num_classes, labels)
@@ -104,7 +109,8 @@ class FinalLayer(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """p x p patches of a C x H x W map -> tokens (row-major), via a strided conv named like timm's."""
+    """p x p patches of a C x H x W map -> tokens (row-major), via a strided conv named like
+    timm's."""
 
     def __init__(self, patch: int, channels: int, hidden: int):
         super().__init__()
@@ -115,7 +121,8 @@ class PatchEmbed(nn.Module):
 
 
 def init_dit_weights(model: nn.Module) -> None:
-    """DiT's initialisation: xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output layers."""
+    """DiT's initialisation: xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output
+    layers."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)

@@ -23,7 +23,8 @@ def paper_method(table: str, row_id: str) -> str | None:
 
 def _metrics(path: Path, table: str, row_id: str) -> dict:
     if not path.is_file():
-        raise D2itError(f"{table}: no metrics {path} for row {row_id!r} (run `d2it metrics` on its samples)")
+        raise D2itError(f"{table}: no metrics {path} for row {row_id!r} "
+                        "(run `d2it metrics` on its samples)")
     return json.loads(path.read_text())
 
 

@@ -56,5 +56,5 @@ rule sample:
     log:
         f"{LOGS}/sample/{{name}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {params.d2it} sample --config {CFG} --sample-set {wildcards.name} "
-        "> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.d2it} sample --config {CFG} "
+        "--sample-set {wildcards.name} > {log} 2>&1"
