@@ -85,7 +85,8 @@ def cmd_train_model(args) -> dict:
     run = plan.model(args.spec, args.seed, args.fine_ratio)
     latents = Path(args.latents) if args.latents else plan.latents(run)
     out = Path(args.out) if args.out else run.folder
-    return train_model(plan.study, args.spec, args.seed, latents, out, args.fine_ratio)
+    return train_model(plan.study, args.spec, args.seed, latents, out, args.fine_ratio,
+                       plan.snapshot_steps(run))
 
 
 def cmd_sample(args) -> dict:
@@ -163,10 +164,35 @@ def cmd_report_table(args) -> dict:
     return _write_table(paper_table(plan, args.table), out)
 
 
+def cmd_report_verdict(args) -> dict:
+    from d2it.report.verdict import write_verdict
+
+    plan = _plan(args)
+    results = write_verdict(plan, plan.verdict_md, plan.verdict_md.with_suffix(".json"))
+    return {"verdict": str(plan.verdict_md),
+            "claims": {r["id"]: r["verdict"] for r in results}}
+
+
+def cmd_report_curve(args) -> dict:
+    from d2it.report import curves
+
+    plan = _plan(args)
+    if args.figure not in plan.curves:
+        raise D2itError(f"study {plan.name!r} has no {args.figure} "
+                        f"(its curve figures: {', '.join(plan.curves) or 'none'})")
+    out = Path(args.out) if args.out else plan.figure_png(args.figure)
+    return getattr(curves, args.figure)(plan, out)
+
+
 def cmd_report_samples(args) -> dict:
+    from d2it.data.manifest import Manifest
     from d2it.report.figures import samples_figure
 
-    return samples_figure(Path(args.samples), Path(args.out), args.by_class, args.per_row)
+    study = _study(args)
+    manifest = Path(study["data"]["manifest"])
+    names = Manifest.load(manifest).classes if manifest.is_file() else None
+    return samples_figure(Path(args.samples), Path(args.out), args.by_class, args.per_row,
+                          names, args.title)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -259,7 +285,17 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("table", help="e.g. table2")
     sp.add_argument("--out", help="CSV to write (default: results/<study>/<table>.csv)")
     sp.set_defaults(fn=cmd_report_table)
-    sp = rep.add_parser("samples", help="samples beside their grain maps (Figs. 3 and 4)")
+    sp = with_config(rep.add_parser("verdict", help="one verdict per claim of the paper "
+                                    "(results/<study>/verdict.md and .json)"))
+    sp.set_defaults(fn=cmd_report_verdict)
+    sp = with_config(rep.add_parser("curve", help="Fig. 5 (fine-ratio sweep) or Fig. 6 "
+                                    "(convergence), with its CSV beside"))
+    sp.add_argument("figure", choices=["fig5", "fig6"])
+    sp.add_argument("--out", help="PNG to write (default: results/<study>/<figure>.png)")
+    sp.set_defaults(fn=cmd_report_curve)
+    sp = with_config(rep.add_parser("samples",
+                                    help="samples beside their grain maps (Figs. 3 and 4)"))
+    sp.add_argument("--title", help="figure title")
     sp.add_argument("--samples", required=True, help="a `d2it sample` .npz")
     sp.add_argument("--out", required=True, help="PNG to write")
     sp.add_argument("--by-class", action="store_true", help="one row per class (Fig. 4)")

@@ -39,15 +39,17 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
                   + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def _std_normal_cdf(x):
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+def approx_std_normal_cdf(x):
+    """The tanh approximation of the standard normal CDF that DiT's L_vlb uses (its t = 0 term
+    differs from the exact CDF by ~0.1 %): the baseline's loss is DiT's loss."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
 def discretized_gaussian_log_likelihood(x, mean, log_scale):
     """log-likelihood of data in [-1, 1] quantised to 256 levels (the t = 0 term of L_vlb)."""
     centred, inv_std = x - mean, torch.exp(-log_scale)
-    cdf_plus = _std_normal_cdf(inv_std * (centred + 1 / 255))
-    cdf_min = _std_normal_cdf(inv_std * (centred - 1 / 255))
+    cdf_plus = approx_std_normal_cdf(inv_std * (centred + 1 / 255))
+    cdf_min = approx_std_normal_cdf(inv_std * (centred - 1 / 255))
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
     log_one_minus_cdf_min = torch.log((1 - cdf_min).clamp(min=1e-12))
     log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))

@@ -25,7 +25,7 @@ from d2it.report.figures import write_grid
 from d2it.rng import generator
 from d2it.stage1 import load_dvae, to_uint8
 from d2it.study import SAMPLE_IDENTITY, grain_maps_of
-from d2it.train import Distributed, autocast, load_final
+from d2it.train import Distributed, autocast, load_final, load_snapshot
 
 SETTINGS = (*SAMPLE_IDENTITY, "batch_size")
 
@@ -34,12 +34,16 @@ def generators(seed: int, stream: str, indices) -> list[torch.Generator]:
     return [generator(seed, stream, i) for i in indices]
 
 
-def load_stage2(run_dir: Path, kinds: tuple[str, ...]) -> tuple[torch.nn.Module, dict]:
-    """A finished stage-2 run's EMA network, in eval mode, and its record."""
+def load_stage2(run_dir: Path, kinds: tuple[str, ...],
+                at_step: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """A finished stage-2 run's EMA network (at the end, or as kept at step `at_step`), in eval
+    mode, and its record."""
     weights, record = load_final(run_dir)
     kind = record.get("arch", {}).get("kind")
     if kind not in kinds:
         raise D2itError(f"{run_dir}: a {kind or 'pre-study'} run, expected {' or '.join(kinds)}")
+    if at_step is not None:
+        weights = load_snapshot(run_dir, at_step)
     model = build(record["arch"])
     model.load_state_dict(weights)
     return model.eval(), record
@@ -61,7 +65,7 @@ class DiTSampling:
     def __init__(self, run_dir: Path, model: torch.nn.Module, record: dict, settings: dict,
                  device: torch.device):
         self.s, self.device, self.latent = settings, device, record["latent"]
-        self.classes = self.latent["classes"]
+        self.classes = record["arch"]["num_classes"]  # 1: unconditional (data or spec)
         self.params = {"params_M": _millions(model)}
         self.dvae, dvae_record = load_dvae(Path(self.latent["dvae_run"]))
         if digest(dvae_record["identity"]) != digest(record["identity"]["dvae"]):
@@ -139,7 +143,7 @@ class D2iTSampling(DiTSampling):
             self.heldout = (cache.array("heldout", "grain"), cache.array("heldout", "labels"))
 
     def labels(self, idx) -> torch.Tensor:
-        if self.source != "gt":
+        if self.source != "gt" or self.classes == 1:
             return super().labels(idx)
         labels = self.heldout[1]
         return torch.as_tensor(labels[np.asarray(idx) % len(labels)])
@@ -171,7 +175,7 @@ class D2iTSampling(DiTSampling):
 def sampling_job(run_dir: Path, settings: dict, grain_run: Path | None,
                  device: torch.device) -> DiTSampling:
     """The sampling of a DiT or D²iT run, rebuilt from its checkpoint."""
-    model, record = load_stage2(run_dir, ("dit", "d2it"))
+    model, record = load_stage2(run_dir, ("dit", "d2it"), settings.get("at_step"))
     if record["arch"]["kind"] == "d2it":
         return D2iTSampling(run_dir, model, record, settings, device, grain_run)
     return DiTSampling(run_dir, model, record, settings, device)
@@ -193,7 +197,8 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     (`grid`, default beside it). Under torchrun each process draws every world-th batch (none if
     there are fewer batches than processes); rank 0 merges the parts in sample order."""
     dist = Distributed()
-    s = {k: settings[k] for k in SETTINGS}
+    s = {k: settings[k] for k in SETTINGS if k != "at_step"}
+    s["at_step"] = settings.get("at_step")  # a row's sampling has none
     job = sampling_job(Path(run_dir), s, grain_run, dist.device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -221,15 +226,16 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     _save_npz(out, **arrays)
     grid = Path(grid) if grid else out.with_suffix(".png")
     grid.parent.mkdir(parents=True, exist_ok=True)
-    write_grid(arrays["arr_0"][:64], arrays["grain"][:64], grid)
     kind = "d2it" if isinstance(job, D2iTSampling) else "dit"
+    write_grid(arrays["arr_0"][:64], arrays["grain"][:64] if kind == "d2it" else None, grid)
     result = {"samples": str(out), "grid": str(grid), "n": len(arrays["arr_0"]), "kind": kind,
               "run": str(run_dir), "grain_run": str(grain_run) if grain_run else None, **job.params,
               "grain_source": job.source if kind == "d2it" else None,
+              "conditional": job.classes > 1,
               "fine_fraction": float(arrays["grain"].mean()),
               "gt_fine_fraction_train": job.latent["fine_fraction"],
               **{k: s[k] for k in ("seed", "cfg_scale", "cfg_channels", "sampler", "steps",
-                                   "classes")},
+                                   "classes", "at_step")},
               "bf16": s["bf16"] and dist.device.type == "cuda", "world_size": dist.world}
     write_json_atomic(out.with_suffix(".json"), result)
     return result

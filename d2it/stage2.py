@@ -66,6 +66,8 @@ class DiTTask:
 
     def losses(self, batch, step: int, shard):
         latents, grains, labels = batch
+        if self.model.y_embedder.num_classes == 1:
+            labels = torch.zeros_like(labels)  # an unconditional model: one class, no dropout
         n = len(latents)
         rows = torch.arange(n, device=latents.device)
         view = shard.randint(self.views, n)  # the image or its mirror
@@ -136,12 +138,13 @@ def run_record(study: dict, spec_name: str, seed: int, cache: LatentCache,
 
 
 def train_model(study: dict, spec_name: str, seed: int, cache_dir: Path, out: Path,
-                fine_ratio: float | None = None) -> dict:
-    """Train one spec at one seed on the latent cache of its DVAE."""
+                fine_ratio: float | None = None, snapshots: tuple[int, ...] = ()) -> dict:
+    """Train one spec at one seed on the latent cache of its DVAE, keeping its EMA weights at the
+    steps `snapshots`."""
     cache = LatentCache(cache_dir)
     record = run_record(study, spec_name, seed, cache, fine_ratio)
     seed_all(seed)  # the model's initial weights
     task = TASKS[record["arch"]["kind"]](build(record["arch"]), study["specs"][spec_name], cache,
                                           study["diffusion"])
     return train(task, train_settings(study, spec_name), out, record, study["tracking"], seed,
-                 loader_workers(study["data"]["num_workers"]))
+                 loader_workers(study["data"]["num_workers"]), tuple(snapshots))

@@ -28,10 +28,12 @@ SWITCHES = ("routing", "dynamic_grain_loss", "learnable_pos", "multigrain_noise"
 ROW_KEYS = ("seeds", "sampler", "steps", "n", "cfg_scale", "grain_source")
 # Sampling settings that change an image (the batch size does not: sample i depends on (seed, i)).
 SAMPLE_IDENTITY = ("grain_source", "cfg_scale", "cfg_channels", "sampler", "steps", "n", "seed",
-                   "bf16", "classes")
+                   "bf16", "classes", "at_step")
+SAMPLE_FIGURES = ("fig3", "fig4")  # grids of one sample set each
+CURVE_FIGURES = ("fig5", "fig6")  # curves over many sample sets
 # Metrics settings that change a number (batch size, workers and cache folders do not).
 METRICS_IDENTITY = ("extractor", "n_samples", "reference", "reference_features", "bootstrap",
-                    "kid_subset_size", "seed")
+                    "kid_subset_size", "seed", "class_score", "classifier")
 
 
 def load(path: str | Path = DEFAULT, overrides: list[str] = ()) -> dict:
@@ -45,10 +47,33 @@ def resolve(study: dict, source: str) -> dict:
 
 
 def _finish(study: dict, source: str) -> dict:
+    _expand_fig5(study, source)
     check(study, source)
     tracking = study["tracking"]
     tracking["experiment"] = tracking["experiment"] or f"d2it-{study['name']}"
     return study
+
+
+def fig5_spec(study: dict, spec_name: str, fine_ratio: float) -> str:
+    """The name of a Fig. 5 spec: `spec_name` itself at its own fine ratio, else a copy at
+    another."""
+    if study["specs"][spec_name]["fine_ratio"] == fine_ratio:
+        return spec_name
+    return f"{spec_name}_fig5_r{fine_ratio:g}".replace(".", "p")
+
+
+def _expand_fig5(study: dict, source: str) -> None:
+    """Fig. 5 sweeps a D²iT spec's fine ratio: one spec per ratio, otherwise the same (the spec at
+    its own ratio is the same run, as identities hold no names)."""
+    fig5 = study["figures"].get("fig5")
+    if fig5 is None:
+        return
+    spec = study["specs"].get(fig5["spec"])
+    if spec is None or spec["kind"] != "d2it":
+        raise D2itError(f"{source}: figures.fig5.spec: {fig5['spec']!r} is not a d2it spec")
+    for ratio in fig5["fine_ratios"]:
+        study["specs"].setdefault(fig5_spec(study, fig5["spec"], ratio),
+                                  {**spec, "fine_ratio": ratio})
 
 
 def check(study: dict, source: str) -> None:
@@ -61,6 +86,10 @@ def check(study: dict, source: str) -> None:
                 known = sorted(n for n, s in specs.items() if s["kind"] == "grain")
                 raise D2itError(f"{source}: specs.{name}.grain_model: {spec['grain_model']!r} is "
                                 f"not a grain spec (grain specs: {', '.join(known) or 'none'})")
+            if grain["conditional"] != spec["conditional"]:
+                raise D2itError(f"{source}: specs.{name}.grain_model: {spec['grain_model']!r} has "
+                                f"conditional: {grain['conditional']}, specs.{name} "
+                                f"{spec['conditional']}; a grain model serves its own kind")
         if spec["kind"] != "grain":
             arch = model_architecture(study, name)
             if arch["kind"] == "d2it" and not 0 <= arch["refine_depth"] <= arch["depth"]:
@@ -70,7 +99,16 @@ def check(study: dict, source: str) -> None:
         for row_id in rows["rows"]:
             where = f"{source}: tables.{table}.rows.{row_id}"
             _check_row(study, where, row_settings(study, table, row_id))
-    for fig, figure in study["figures"].items():
+    for fig in CURVE_FIGURES:
+        for name, settings in curve_settings(study, fig):
+            where = f"{source}: figures.{fig}"
+            _check_row(study, where, settings)
+            steps = train_settings(study, settings["spec"])["steps"]
+            if settings["at_step"] is not None and settings["at_step"] > steps:
+                raise D2itError(f"{where}.at_steps: {settings['at_step']} is past the "
+                                f"{steps} training steps of specs.{settings['spec']}")
+    for fig in (f for f in SAMPLE_FIGURES if f in study["figures"]):
+        figure = study["figures"][fig]
         _check_row(study, f"{source}: figures.{fig}", figure_settings(study, fig))
         for label in figure["classes"] or []:
             if label >= study["data"]["classes"]:
@@ -88,12 +126,15 @@ def _check_row(study: dict, where: str, row: dict) -> None:
     if source == "predicted" and spec["grain_model"] is None:
         raise D2itError(f"{where}: grain_source predicted needs specs.{row['spec']}.grain_model "
                         "(a grain spec)")
+    if row["classes"] and (study["data"]["classes"] == 1 or not spec["conditional"]):
+        raise D2itError(f"{where}.classes: specs.{row['spec']} is unconditional")
     if source == "gt" and row["classes"]:
         raise D2itError(f"{where}.classes: ground-truth grain maps come with their held-out "
                         "images' labels; drop classes or the gt grain source")
-    if row["cfg_scale"] != 1 and (study["data"]["classes"] == 1 or spec["class_dropout"] == 0):
+    unconditional = study["data"]["classes"] == 1 or not spec["conditional"]
+    if row["cfg_scale"] != 1 and (unconditional or spec["class_dropout"] == 0):
         raise D2itError(f"{where}.cfg_scale: {row['cfg_scale']} needs class-conditional data "
-                        "(data.classes > 1) and a spec trained with class_dropout > 0")
+                        "(data.classes > 1), a conditional spec and class_dropout > 0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +143,12 @@ def _check_row(study: dict, where: str, row: dict) -> None:
 
 def data_identity(study: dict) -> dict:
     """What the images are (the dataset file, crop and generator) and how training sees them."""
-    return {k: study["data"][k] for k in ("manifest", "resolution", "flip", "synth")}
+    from d2it.data.synth import GENERATOR_VERSION
+
+    found = {k: study["data"][k] for k in ("manifest", "resolution", "flip", "synth")}
+    if found["synth"] is not None:  # a new generator makes other images from the same seed
+        found["synth"] = {**found["synth"], "generator": GENERATOR_VERSION}
+    return found
 
 
 def threshold_identity(study: dict) -> dict:
@@ -227,6 +273,11 @@ class SampleSet:
     grid: Path
     metrics: Path
 
+    @property
+    def train_step(self) -> int:
+        """The training step of the weights sampled: `at_step`, else the run's last."""
+        return self.settings.get("at_step") or self.run.identity["train"]["steps"]
+
 
 @dataclass
 class Row:
@@ -246,8 +297,11 @@ class Plan:
     runs: dict[str, Run] = field(default_factory=dict)  # key -> run
     sample_sets: dict[str, SampleSet] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
-    figures: dict[str, SampleSet] = field(default_factory=dict)
+    figures: dict[str, SampleSet] = field(default_factory=dict)  # fig3, fig4
+    curves: dict[str, list[SampleSet]] = field(default_factory=dict)  # fig5, fig6
+    curve_specs: dict[str, list[str]] = field(default_factory=dict)  # the spec of each, by name
     recon: list[Run] = field(default_factory=list)  # DVAEs of the reconstruction table
+    snapshots: dict[str, set[int]] = field(default_factory=dict)  # run key -> steps kept
 
     @property
     def name(self) -> str:
@@ -299,22 +353,39 @@ class Plan:
             settings["cfg_channels"] = None  # no guidance: which channels it would touch is moot
         predicted = settings["grain_source"] == "predicted"
         grain_run = self.grain_model(spec_name, seed) if predicted else None
+        at_step = settings.get("at_step")
+        settings["at_step"] = at_step
         identity = sample_identity(run, grain_run, settings)
         parts = [run.stage, _label(run.identity), settings["grain_source"],
                  f"cfg{settings['cfg_scale']:g}" if settings["cfg_scale"] != 1 else None,
+                 f"at{at_step}" if at_step is not None else None,
                  config_mod.digest(identity)[:10]]
         name = "-".join(p for p in parts if p)
         found = SampleSet(name, identity, run, grain_run, settings,
                           npz=self.runs_dir / "samples" / f"{name}.npz",
                           grid=self.results_dir / "samples" / f"{name}.png",
                           metrics=self.results_dir / "metrics" / f"{name}.json")
+        if at_step is not None:
+            self.snapshots.setdefault(run.key, set()).add(at_step)
         return self.sample_sets.setdefault(name, found)
+
+    def snapshot_steps(self, run: Run) -> list[int]:
+        """The training steps at which `run` keeps its EMA weights (Fig. 6's evaluations)."""
+        return sorted(self.snapshots.get(run.key, ()))
 
     def table_csv(self, table: str) -> Path:
         return self.results_dir / f"{table}.csv"
 
     def figure_png(self, fig: str) -> Path:
         return self.results_dir / f"{fig}.png"
+
+    def fig5_dvaes(self) -> list[Run]:
+        """The DVAEs whose reconstructions Fig. 5 plots, one per fine ratio and seed."""
+        fig5 = self.study["figures"].get("fig5")
+        if fig5 is None:
+            return []
+        seeds = fig5.get("seeds") or self.study["sampling"]["seeds"]
+        return [self.dvae(r, s) for r in fig5["fine_ratios"] for s in seeds]
 
     def recon_json(self, run: Run) -> Path:
         return self.results_dir / "metrics" / "dvae" / f"{run.folder.name}.json"
@@ -323,11 +394,18 @@ class Plan:
     def recon_csv(self) -> Path:
         return self.results_dir / "dvae_recon.csv"
 
+    @property
+    def verdict_md(self) -> Path:
+        return self.results_dir / "verdict.md"
+
     def targets(self) -> list[Path]:
-        """What `rule all` builds: every table, figure and the reconstruction table."""
+        """What `rule all` builds: every table, figure, the reconstruction table and the
+        verdicts."""
         tables = [self.table_csv(t) for t in self.study["tables"]]
         figures = [self.figure_png(f) for f in self.study["figures"]]
-        return tables + figures + ([self.recon_csv] if self.recon else [])
+        recon = [self.recon_csv] if self.recon else []
+        verdict = [self.verdict_md] if self.study["tables"] else []
+        return tables + figures + recon + verdict
 
     def find_sample_set(self, name: str) -> SampleSet:
         if name not in self.sample_sets:
@@ -359,6 +437,23 @@ def figure_settings(study: dict, fig: str) -> dict:
             "classes": figure["classes"]}
 
 
+def curve_settings(study: dict, fig: str) -> list[tuple[str, dict]]:
+    """(spec, settings) of every sample set of Fig. 5 (one per fine ratio) or Fig. 6 (one per spec
+    and evaluated step); seeds as the settings' `seeds`."""
+    figure = study["figures"].get(fig)
+    if figure is None:
+        return []
+    base = {**study["sampling"], "classes": None, "at_step": None,
+            **{k: figure[k] for k in ROW_KEYS if k in figure}}
+    if fig == "fig5":
+        return [(name, {**base, "spec": name})
+                for name in (fig5_spec(study, figure["spec"], r) for r in figure["fine_ratios"])]
+    # The last step is the run's final weights: the same sample set as a row's
+    return [(name, {**base, "spec": name,
+                    "at_step": step if step != train_settings(study, name)["steps"] else None})
+            for name in figure["specs"] for step in sorted(figure["at_steps"])]
+
+
 def plan(study: dict) -> Plan:
     """Every row, figure and reconstruction DVAE of a study, with their runs and sample sets."""
     result = Plan(study)
@@ -368,9 +463,15 @@ def plan(study: dict) -> Plan:
             sets = [result.sample_set(settings["spec"], seed, settings)
                     for seed in settings["seeds"]]
             result.rows.append(Row(table, row_id, settings["spec"], sets[0].settings, sets))
-    for fig in study["figures"]:
+    for fig in (f for f in SAMPLE_FIGURES if f in study["figures"]):
         settings = figure_settings(study, fig)
         result.figures[fig] = result.sample_set(settings["spec"], settings["seeds"][0], settings)
+    for fig in (f for f in CURVE_FIGURES if f in study["figures"]):
+        points = [(name, seed, settings) for name, settings in curve_settings(study, fig)
+                  for seed in settings["seeds"]]
+        result.curves[fig] = [result.sample_set(*point) for point in points]
+        result.curve_specs[fig] = [name for name, _, _ in points]
+    result.fig5_dvaes()
     recon = study["recon"]
     result.recon = [result.dvae(r, s) for r in recon["fine_ratios"] for s in recon["seeds"]]
     return result
@@ -401,13 +502,15 @@ def spec_label(study: dict, spec_name: str) -> str:
     spec = study["specs"][spec_name]
     if "label" in spec:
         return spec["label"]
+    uncond = "" if spec["conditional"] else " (uncond)"
     if spec["kind"] == "dit":
-        return f"DiT-{spec['size']}/{spec['patch']}"
+        return f"DiT-{spec['size']}/{spec['patch']}{uncond}"
     if spec["kind"] == "grain":
-        return f"DGT-{spec['depth']}x{spec['hidden']}"
+        return f"DGT-{spec['depth']}x{spec['hidden']}{uncond}"
     arch = model_architecture(study, spec_name)
     changes = [f"{arch['depth'] - arch['refine_depth']}+{arch['refine_depth']}"]
     changes += [f"no {k.replace('_', ' ')}" for k in SWITCHES if not spec[k]]
+    changes += ["uncond"] if uncond else []
     return f"D²iT-{spec['size']} ({', '.join(changes)}, r={spec['fine_ratio']:g})"
 
 

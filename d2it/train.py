@@ -313,10 +313,11 @@ def _phase_losses(task: Task, batch, step: int, shard: Shard, device: torch.devi
 
 
 def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: int,
-          num_workers: int = 0) -> dict:
-    """Train to cfg["steps"] (resuming from out/checkpoints); returns the summary also written to
-    out/summary.json. `record` describes the run (identity, architecture, inputs): a folder holding
-    another run is refused, and final.pt carries it so the run rebuilds from that file alone.
+          num_workers: int = 0, snapshots: tuple[int, ...] = ()) -> dict:
+    """Train to cfg["steps"] (resuming from out/checkpoints), keeping the EMA weights at the steps
+    `snapshots` (out/snapshots/); returns the summary also written to out/summary.json.
+    `record` describes the run (identity, architecture, inputs): a folder holding another run is
+    refused, and final.pt carries it so the run rebuilds from that file alone.
     Under torchrun every process runs this; rank 0 writes checkpoints, logs and final weights."""
     out, dist = Path(out), Distributed()
     batch_gpu, rounds = batch_split(cfg["batch_size"], cfg["batch_gpu"], dist.world)
@@ -422,7 +423,12 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                 elapsed = time.perf_counter() - start
                 bar.update()
 
-                # Logging, checkpoints, pre-emption
+                # Snapshots (Fig. 6 evaluates the EMA weights at these steps), logging,
+                # checkpoints, pre-emption
+                if step in snapshots and dist.main:
+                    weights = ema.module if ema is not None else model
+                    with atomic(snapshot_path(out, step)) as tmp:
+                        torch.save(weights.state_dict(), tmp)
                 if step % cfg["log_every"] == 0 or step == cfg["steps"]:
                     means = dist.mean({k: v.item() / count for k, v in sums.items()})
                     tracker.log({**means, "steps_per_s": step / max(elapsed, 1e-9)}, step)
@@ -458,6 +464,20 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
         tracker.finish()
     dist.barrier()
     return summary
+
+
+def snapshot_path(out: Path, step: int) -> Path:
+    return Path(out) / "snapshots" / f"ema-{step:09d}.pt"
+
+
+def load_snapshot(out: Path, step: int) -> dict:
+    """The EMA weights (the weights without EMA) a run kept at `step`."""
+    path = snapshot_path(out, step)
+    if not path.is_file():
+        kept = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("ema-*.pt"))
+        raise D2itError(f"{out}: no weights kept at step {step} (kept: {kept or 'none'}); a run "
+                        "keeps the steps its study named when it trained: retrain it")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_final(out: Path, ema: bool = True) -> tuple[dict, dict]:

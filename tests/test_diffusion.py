@@ -91,3 +91,30 @@ def test_guidance_combines_branches():
     three = guided(model, null_label=1, scale=2.0, channels=3)(x, t, y)
     # 4th channel: conditional ε
     assert torch.equal(three[:, 3], y.reshape(-1, 1, 1).float().expand(2, 2, 2))
+
+
+def test_vlb_t0_term_is_dits_formula():
+    """The t = 0 term uses DiT's tanh CDF (improved-diffusion's `approx_standard_normal_cdf`),
+    computed here in float64 NumPy from the formula, not the exact normal CDF."""
+    from scipy.stats import norm
+
+    from d2it.diffusion import discretized_gaussian_log_likelihood
+
+    def tanh_cdf(v):
+        return 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
+
+    x = np.array([-1.0, -0.5, 0.0, 0.3, 1.0])
+    mean = np.array([-0.98, -0.49, 0.02, 0.29, 0.97])
+    log_scale = np.log(np.array([0.02, 0.01, 0.03, 0.005, 0.04]))
+    inv_std = np.exp(-log_scale)
+    plus = tanh_cdf(inv_std * (x - mean + 1 / 255))
+    minus = tanh_cdf(inv_std * (x - mean - 1 / 255))
+    expected = np.where(x < -0.999, np.log(plus),
+                        np.where(x > 0.999, np.log(1 - minus), np.log(plus - minus)))
+    got = discretized_gaussian_log_likelihood(torch.tensor(x), torch.tensor(mean),
+                                              torch.tensor(log_scale)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # The formula matters: the exact CDF gives a measurably different interior term.
+    exact = np.log(norm.cdf(inv_std * (x - mean + 1 / 255))
+                   - norm.cdf(inv_std * (x - mean - 1 / 255)))
+    assert np.abs(exact[1:4] - expected[1:4]).max() > 1e-4

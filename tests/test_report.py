@@ -69,7 +69,11 @@ def test_rows_over_seeds_report_mean_and_spread(tmp_path, dataset):
     table = paper_table(plan, "table2")
     assert table["fd_effnet_1k"].item() == pytest.approx(13.0)
     assert table["fd_effnet_1k_std"].item() == pytest.approx(np.std([10, 12, 17], ddof=1))
-    assert table["seeds"].item() == "0 1 2" and table["fd_effnet_1k_ci95_low"].isna().all()
+    assert table["seeds"].item() == "0 1 2"
+    # the interval of the mean: 13 -+ t(0.975, 2) * sqrt(13) / sqrt(3), t(0.975, 2) = 4.302653
+    half = 4.302653 * np.sqrt(13) / np.sqrt(3)
+    assert table["fd_effnet_1k_ci95_low"].item() == pytest.approx(13 - half, rel=1e-6)
+    assert table["fd_effnet_1k_ci95_high"].item() == pytest.approx(13 + half, rel=1e-6)
 
 
 def test_missing_metrics_are_named(table2_plan):
@@ -95,10 +99,23 @@ def test_class_rows_take_each_class_in_turn():
     from d2it.report.figures import class_rows
 
     labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2])
-    images = np.arange(9)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
-    picked, grains = class_rows(images, np.zeros((9, 2, 2), bool), labels, per_class=2)
-    assert list(labels[picked[:, 0, 0, 0]]) == [0, 0, 1, 1, 2, 2] and len(grains) == 6
-    # the first of each class, in sample order
-    assert list(picked[:, 0, 0, 0]) == [1, 3, 2, 5, 0, 4]
+    picked = class_rows(np.arange(9), labels, per_class=2)
+    assert list(labels[picked]) == [0, 0, 1, 1, 2, 2]
+    assert list(picked) == [1, 3, 2, 5, 0, 4]  # the first of each class, in sample order
     with pytest.raises(D2itError, match=r"classes \[0, 1, 2\] have fewer than 4 samples"):
-        class_rows(images, np.zeros((9, 2, 2), bool), labels, per_class=4)
+        class_rows(np.arange(9), labels, per_class=4)
+
+
+@pytest.mark.parametrize("kind", ["dit", "d2it"])
+def test_sample_figures_name_classes_and_show_grain_maps_of_d2it_only(tmp_path, kind):
+    from d2it.report.figures import samples_figure
+
+    n = 20
+    images = np.full((n, 8, 8, 3), 128, np.uint8)
+    np.savez(tmp_path / "s.npz", arr_0=images, labels=np.arange(n) % 5,
+             grain=np.zeros((n, 4, 4), bool))
+    (tmp_path / "s.json").write_text(json.dumps({"kind": kind}))
+    out = samples_figure(tmp_path / "s.npz", tmp_path / "f.png", by_class=True, columns=4,
+                         class_names=[f"c{i}" for i in range(5)], title="Fig. 4")
+    assert out == {"figure": str(tmp_path / "f.png"), "images": 20, "kind": kind}
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

@@ -12,7 +12,7 @@ from d2it.data.latents import LatentCache
 from d2it.errors import D2itError
 from d2it.models import build
 from d2it.report.figures import overlay
-from d2it.sample import sample
+from d2it.sample import load_stage2, sample
 from d2it.stage2 import D2iTTask, train_model
 from d2it.train import Shard
 
@@ -192,3 +192,81 @@ def test_two_processes_draw_the_same_sample_set(trained, models, tmp_path, batch
     for key in ("arr_0", "labels", "grain"):
         assert np.array_equal(a[key], b[key]), key
     assert one["n"] == 6 and not list(tmp_path.glob("two.part*"))
+
+
+def test_unconditional_specs_train_and_sample_without_labels(trained, latent_cache, tmp_path):
+    """Table 1's models in a labelled study: one label row, no dropout, labels ignored in training
+    and sampling (also with ground-truth maps), the samples marked unconditional."""
+    import copy
+
+    from d2it import study as studies
+
+    study = copy.deepcopy(trained[0])
+    study["paths"]["runs"] = str(tmp_path / "runs")
+    study["specs"].update({
+        "d2it_u": {**study["specs"]["d2it"], "conditional": False, "grain_model": "dgt_u"},
+        "dgt_u": {**study["specs"]["dgt"], "conditional": False}})
+    plan = studies.plan(study)
+    d2it_u, grain_u = plan.model("d2it_u", 0), plan.model("dgt_u", 0, 0.5)
+    for run, ratio in ((d2it_u, None), (grain_u, 0.5)):
+        train_model(study, run.spec, 0, latent_cache, run.folder, ratio)
+    model, _ = load_stage2(d2it_u.folder, ("d2it",))
+    assert model.y_embedder.embedding_table.num_embeddings == 1
+    # the conditional spec's table has 10 classes + the null row
+    assert (studies.parameters(study, "d2it") - studies.parameters(study, "d2it_u")
+            == 10 * model.y_embedder.embedding_table.embedding_dim)
+    for source in ("predicted", "gt"):
+        result = sample(d2it_u.folder, settings(study, grain_source=source), tmp_path / "s.npz",
+                        grain_run=grain_u.folder)
+        assert result["conditional"] is False
+        assert not np.load(tmp_path / "s.npz")["labels"].any()
+
+
+def test_unconditional_specs_refuse_guidance_and_a_conditional_grain_model(trained):
+    import copy
+
+    from d2it import study as studies
+
+    study = copy.deepcopy(trained[0])
+    study["specs"]["dit"]["conditional"] = False
+    study["tables"]["table2"]["rows"]["dit_xl"]["cfg_scale"] = 1.5
+    with pytest.raises(D2itError, match=r"rows.dit_xl.cfg_scale: 1.5 needs .* a conditional spec"):
+        studies.check(study, "t")
+    study = copy.deepcopy(trained[0])
+    study["specs"]["d2it"]["conditional"] = False
+    with pytest.raises(D2itError, match=r"specs.d2it.grain_model: 'dgt' has conditional: True"):
+        studies.check(study, "t")
+
+
+def test_runs_keep_their_ema_weights_at_the_steps_fig6_evaluates(trained, latent_cache,
+                                                                  tmp_path):
+    """Fig. 6 samples a run at earlier steps: the run keeps its EMA weights there, sampling at a
+    step uses them (not the final weights), and a step the run did not keep is named."""
+    import copy
+
+    import torch
+
+    from d2it import study as studies
+
+    study = copy.deepcopy(trained[0])
+    study["paths"]["runs"] = str(tmp_path / "runs")
+    study["figures"] = {"fig6": {"specs": ["dit"], "at_steps": [1, 2, 3]}}
+    studies.resolve(study, "t")
+    plan = studies.plan(study)
+    (early, middle, last) = plan.curves["fig6"]
+    assert [ss.train_step for ss in plan.curves["fig6"]] == [1, 2, 3]
+    assert last.settings["at_step"] is None  # the final weights: the row's own sample set
+    run = early.run
+    assert plan.snapshot_steps(run) == [1, 2]
+    train_model(study, run.spec, 0, latent_cache, run.folder, snapshots=plan.snapshot_steps(run))
+    kept = torch.load(run.folder / "snapshots" / "ema-000000001.pt", weights_only=True)
+    final = torch.load(run.folder / "final.pt", weights_only=False)["ema"]
+    assert kept.keys() == final.keys()
+    assert any(not torch.equal(kept[k], final[k]) for k in kept)  # step 1 is not step 3
+    a = sample(run.folder, early.settings, tmp_path / "a.npz")
+    b = sample(run.folder, last.settings, tmp_path / "b.npz")
+    assert a["at_step"] == 1 and b["at_step"] is None
+    assert not np.array_equal(np.load(tmp_path / "a.npz")["arr_0"],
+                              np.load(tmp_path / "b.npz")["arr_0"])
+    with pytest.raises(D2itError, match=r"no weights kept at step 7 \(kept: \[1, 2\]\)"):
+        sample(run.folder, {**early.settings, "at_step": 7}, tmp_path / "c.npz")

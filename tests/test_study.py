@@ -160,15 +160,15 @@ def test_plan_of_one_table_and_cpu_labels():
             == ["random", "gt", "predicted"])
     proc = subprocess.run(args[:-1] + ["table9"], capture_output=True, text=True, cwd=REPO)
     assert (proc.returncode == 2
-            and "has no table 'table9' (its tables: table2, table3" in proc.stderr)
+            and "has no table 'table9' (its tables: table1, table2, table3" in proc.stderr)
 
 
 def test_plan_targets_and_paths_are_per_study(tmp_path):
     cpu = studies.plan(studies.load(CONFIGS / "cpu.yaml"))
     other = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["name=cpu2"]))
     assert [str(p) for p in cpu.targets()] == [f"results/cpu/{t}" for t in (
-        "table2.csv", "table3.csv", "table4.csv", "table5.csv", "fig3.png", "fig4.png",
-        "dvae_recon.csv")]
+        "table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "fig3.png",
+        "fig4.png", "fig5.png", "fig6.png", "dvae_recon.csv", "verdict.md")]
     ours = {str(p) for ss in cpu.sample_sets.values() for p in (ss.npz, ss.grid, ss.metrics)}
     theirs = {str(p) for ss in other.sample_sets.values() for p in (ss.npz, ss.grid, ss.metrics)}
     assert ours and not ours & theirs

@@ -18,7 +18,7 @@ from d2it.data.manifest import Manifest, ManifestEntry
 from d2it.files import sha256_file
 from d2it.errors import D2itError
 
-GENERATOR_VERSION = "synth-1"
+GENERATOR_VERSION = "synth-2"
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
 TEXTURES = ("stripes", "noise")
 CLASSES = tuple(f"{shape}-{texture}" for shape in SHAPES for texture in TEXTURES)
@@ -48,7 +48,8 @@ def _texture(texture: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarra
     region."""
     if texture == "stripes":
         theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
-        period = rng.uniform(3.0, 6.0) * res / 64
+        # 4-7 px up to 64 px, scaled above: at least twice the Nyquist period at every size
+        period = rng.uniform(4.0, 7.0) * max(1.0, res / 64)
         return 0.5 + 0.5 * np.sin(2 * np.pi * (x * np.cos(theta) + y * np.sin(theta)) / period
                                   + phase)
     if texture == "noise":

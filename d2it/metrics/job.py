@@ -11,6 +11,7 @@ from d2it.data.folder import IMAGE_SUFFIXES, ImageFolderDataset, read_image
 from d2it.data.manifest import Manifest
 from d2it.files import write_json_atomic
 from d2it.errors import D2itError
+from d2it.metrics.classifier import accuracy, study_classifier
 from d2it.metrics.evaluate import adm_reference, compare, extract, reference_stats
 from d2it.metrics.extractors import metric_key, resolve
 
@@ -48,6 +49,33 @@ def reference(config: dict, extractor, device: torch.device) -> dict:
     return {**ref, "split": split}
 
 
+def class_scorer(config: dict):
+    """None, or a function (sample file, images) -> the class-score fields of its metrics: the
+    fraction of samples the study's classifier recognises as the class they were drawn for, its
+    interval, and the classifier's accuracy on real held-out images (the ceiling)."""
+    if not config["metrics"]["class_score"]:
+        return None
+    if config["data"]["classes"] < 2:
+        raise D2itError("metrics.class_score needs class-conditional data (data.classes > 1)")
+    net, record = study_classifier(config, Path(config["metrics"]["reference_dir"]))
+
+    def score(path: Path, images: torch.Tensor) -> dict:
+        meta = Path(path).with_suffix(".json")
+        if meta.is_file() and not json.loads(meta.read_text()).get("conditional", True):
+            return {}  # an unconditional model's samples have no class to recognise
+        try:
+            labels = np.load(path)["labels"][:len(images)]
+        except (OSError, KeyError, ValueError) as e:
+            raise D2itError(f"{path}: metrics.class_score needs the samples' labels "
+                            f"({e})") from None
+        found = accuracy(net, images, torch.as_tensor(labels, dtype=torch.long))
+        return {"class_acc": found["accuracy"], "class_acc_ci95": found["ci95"],
+                "class_acc_ceiling": record["heldout_accuracy"],
+                "class_acc_ceiling_ci95": record["heldout_ci95"]}
+
+    return score
+
+
 def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
     """Metrics of one sample set, or of several (e.g. one per seed): then each set's values and, per
     metric, their mean and standard deviation across sets."""
@@ -55,11 +83,14 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     extractor = resolve(cfg)
     ref = reference(config, extractor, device)
+    classifier = class_scorer(config)
     runs = []
     for path in samples:
         images = load_samples(path, cfg["n_samples"])
         values = compare(extract(images, extractor, cfg["batch_size"], device), ref, extractor, cfg,
                          cfg["seed"])
+        if classifier:
+            values.update(classifier(path, images))
         meta = Path(path).with_suffix(".json")
         runs.append({"samples": str(path), "n_generated": len(images), **values,
                      "sampling": json.loads(meta.read_text()) if meta.is_file() else None})
@@ -70,8 +101,11 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
             result[key] = float(np.mean(values))
             result[f"{key}_std"] = float(np.std(values, ddof=1))
     n = runs[0]["n_generated"]
+    keys = {m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")}
+    if all("class_acc" in r for r in runs):
+        keys["class_acc"] = "class_acc"
     result.update(
-        keys={m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")},
+        keys=keys,
         extractor=extractor.name, extractor_sha256=extractor.sha256,
         comparable_with_paper=extractor.comparable,
         seed=cfg["seed"], n_sets=len(runs),

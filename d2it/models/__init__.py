@@ -47,7 +47,8 @@ def latent_geometry(preset: str, resolution: int) -> dict:
 
 def architecture(spec: dict, latent: dict, classes: int, learn_sigma: bool) -> dict:
     """The architecture spec of a study's model spec (`specs.<name>`) on latents {channels, size}.
-    Unconditional data (one class) has no null class to drop labels to."""
+    Unconditional data (one class) or an unconditional spec has no null class to drop labels to."""
+    classes = classes if spec.get("conditional", True) else 1
     common = {"num_classes": classes, "learn_sigma": learn_sigma,
               "class_dropout_prob": spec["class_dropout"] if classes > 1 else 0.0}
     if spec["kind"] == "dit":

@@ -1,12 +1,14 @@
 """Figures of samples: each image beside its grain map overlay (the paper's Figs. 3 and 4)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from d2it.errors import D2itError
+from d2it.files import atomic
 
 
 def overlay(image: np.ndarray, grain: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -18,10 +20,14 @@ def overlay(image: np.ndarray, grain: np.ndarray, alpha: float = 0.4) -> np.ndar
     return ((1 - alpha) * image + alpha * tint).round().astype(np.uint8)
 
 
-def write_grid(images: np.ndarray, grains: np.ndarray, path: Path, columns: int = 8,
+def write_grid(images: np.ndarray, grains: np.ndarray | None, path: Path, columns: int = 8,
                zoom: int = 4) -> None:
-    """Pairs of (sample, sample with its grain map) in rows of `columns` pairs."""
-    cells = [np.concatenate([im, overlay(im, g)], 1) for im, g in zip(images, grains)]
+    """Pairs of (sample, sample with its grain map) in rows of `columns` pairs; samples alone
+    where there are no grain maps (DiT)."""
+    if grains is None:
+        cells = list(images)
+    else:
+        cells = [np.concatenate([im, overlay(im, g)], 1) for im, g in zip(images, grains)]
     while len(cells) % columns:
         cells.append(np.zeros_like(cells[0]))
     rows = [np.concatenate(cells[i:i + columns], 1) for i in range(0, len(cells), columns)]
@@ -30,25 +36,63 @@ def write_grid(images: np.ndarray, grains: np.ndarray, path: Path, columns: int 
                                  Image.NEAREST).save(path)
 
 
-def class_rows(images: np.ndarray, grains: np.ndarray, labels: np.ndarray,
-               per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `per_class` samples of each class, class by class (Fig. 4: one row per class)."""
+def class_rows(index: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
+    """The first `per_class` samples of each class, class by class (Fig. 4: one row per class):
+    positions into `index`."""
     picked = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
     short = [int(c) for c, p in zip(np.unique(labels), picked) if len(p) < per_class]
     if short:
         raise D2itError(f"classes {short} have fewer than {per_class} samples")
-    order = np.concatenate(picked)
-    return images[order], grains[order]
+    return index[np.concatenate(picked)]
 
 
-def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8) -> dict:
-    """A grid of (sample, grain overlay) pairs from a `d2it sample` .npz; by_class: one row per
-    class."""
+def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
+                   class_names: list[str] | None = None, title: str | None = None) -> dict:
+    """Figs. 3 and 4 from a `d2it sample` .npz: samples beside their grain-map overlays (D²iT) or
+    alone (DiT, which has no grain map), four rows or (by_class) one row per class named on the
+    left, with a title and a legend of the overlay colours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
     data = np.load(samples)
-    images, grains = data["arr_0"], data["grain"]
+    images, grains, labels = data["arr_0"], data["grain"], data["labels"]
+    meta = Path(samples).with_suffix(".json")
+    kind = json.loads(meta.read_text())["kind"] if meta.is_file() else "d2it"
     if by_class:
-        images, grains = class_rows(images, grains, data["labels"], columns)
+        order = class_rows(np.arange(len(images)), labels, columns)
+        rows = [labels[order[i]] for i in range(0, len(order), columns)]
     else:
-        images, grains = images[:4 * columns], grains[:4 * columns]
-    write_grid(images, grains, Path(out), columns)
-    return {"figure": str(out), "images": len(images)}
+        order = np.arange(min(len(images), 4 * columns))
+        rows = []
+    images, grains = images[order], grains[order]
+    if kind == "d2it":
+        cells = [np.concatenate([im, overlay(im, g)], 1) for im, g in zip(images, grains)]
+    else:
+        cells = list(images)
+    while len(cells) % columns:
+        cells.append(np.full_like(cells[0], 255))
+    grid_rows = [np.concatenate(cells[i:i + columns], 1) for i in range(0, len(cells), columns)]
+    grid = np.concatenate(grid_rows, 0)
+
+    height = grid.shape[0] / grid.shape[1] * 10
+    fig, ax = plt.subplots(figsize=(10, max(2.0, height + 0.8)))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_xticks([])
+    cell = grid.shape[0] / len(grid_rows)
+    if rows:
+        names = [class_names[c] if class_names else f"class {c}" for c in rows]
+        ax.set_yticks([cell * (i + 0.5) for i in range(len(rows))], names)
+    else:
+        ax.set_yticks([])
+    if kind == "d2it":
+        ax.legend(handles=[Patch(color="red", alpha=0.4, label="fine grain (red tint)"),
+                           Patch(color="blue", alpha=0.4, label="coarse grain (blue tint)")],
+                  loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, frameon=False)
+    ax.set_title(title or ("samples beside their grain maps" if kind == "d2it" else "samples"))
+    with atomic(Path(out)) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return {"figure": str(out), "images": len(images), "kind": kind}

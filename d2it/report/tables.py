@@ -12,7 +12,8 @@ import yaml
 from d2it.errors import D2itError
 
 PAPER = yaml.safe_load(Path(__file__).with_name("paper.yaml").read_text(encoding="utf-8"))
-OURS = ("fd", "is", "precision", "recall")  # what the paper's FID / IS / Precision / Recall measure
+# What the paper's FID / IS / Precision / Recall measure, and the class score where measured.
+OURS = ("fd", "is", "precision", "recall", "class_acc")
 
 
 def paper_method(table: str, row_id: str) -> str | None:
@@ -31,6 +32,7 @@ def _metrics(path: Path, table: str, row_id: str) -> dict:
 def paper_table(plan, table: str) -> pd.DataFrame:
     """A study table: each row's metrics (mean and spread over its training seeds when several)
     beside the paper's numbers. A missing metrics file is an error, not a blank."""
+    from d2it.report.verdict import mean_interval
     from d2it.study import describe
 
     paper = PAPER.get(table, {"metrics": [], "rows": {}, "protocol": None})
@@ -47,15 +49,19 @@ def paper_table(plan, table: str) -> pd.DataFrame:
                **{f"paper {m}": theirs.get(m) for m in paper["metrics"]},
                "ours": plan_row["label"], "ours_params_M": plan_row["params"]["total"] / 1e6,
                "ours_content_params_M": plan_row["params"]["content"] / 1e6}
-        for m in OURS:  # one seed: its value; several: their mean and standard deviation
+        out["ours_grain_params_M"] = plan_row["params"]["grain"] / 1e6
+        for m in (m for m in OURS if m in keys):
+            # One seed: its value and its set's own interval (sampling noise: FD's bootstrap, the
+            # class score's binomial); several: their mean, spread and Student-t interval.
             values = [s[keys[m]] for s in sets]
-            out[keys[m]] = float(np.mean(values))
-            out[f"{keys[m]}_std"] = float(np.std(values, ddof=1)) if len(sets) > 1 else None
-        # FD's bootstrap interval covers one sample set's sampling noise, not the seeds' spread
-        low, high = sets[0].get(f"{keys['fd']}_ci95") or (None, None)
-        single = len(sets) == 1
-        out[f"{keys['fd']}_ci95_low"] = low if single else None
-        out[f"{keys['fd']}_ci95_high"] = high if single else None
+            mean, sd, interval = mean_interval(values)
+            if interval is None:
+                interval = sets[0].get(f"{keys[m]}_ci95") or (None, None)
+            out[keys[m]] = mean
+            out[f"{keys[m]}_std"] = sd
+            out[f"{keys[m]}_ci95_low"], out[f"{keys[m]}_ci95_high"] = interval
+        if "class_acc" in keys:
+            out["class_acc_ceiling"] = sets[0]["class_acc_ceiling"]
         out.update(seeds=" ".join(map(str, plan_row["seeds"])), cfg_scale=plan_row["cfg_scale"],
                    grain_source=plan_row["grain_source"],
                    sampling=f"{plan_row['sampler']} {plan_row['sampling_steps']} steps",

@@ -18,6 +18,42 @@ rule paper_table:
         "d2it report table --config {CFG} {wildcards.table} --out {output} > {log} 2>&1"
 
 
+# Fig. 5 (reconstruction vs generation over fine ratios), Fig. 6 (FD over training steps).
+def curve_inputs(wildcards) -> list:
+    sets = PLAN.curves[wildcards.fig]
+    recon = [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()] if wildcards.fig == "fig5" else []
+    return [ss.metrics for ss in sets] + recon
+
+
+rule curve_figure:
+    input:
+        curve_inputs,
+    output:
+        png=report(f"{RESULTS}/{{fig}}.png", category="Figures"),
+        csv=f"{RESULTS}/{{fig}}.csv",
+    wildcard_constraints:
+        fig=one_of(PLAN.curves),
+    log:
+        f"{LOGS}/{{fig}}.log",
+    shell:
+        "d2it report curve --config {CFG} {wildcards.fig} --out {output.png} > {log} 2>&1"
+
+
+# One verdict per claim of the paper (d2it/report/verdict.py states the rule).
+rule verdict:
+    input:
+        [ss.metrics for row in PLAN.rows for ss in row.sample_sets],
+        [ss.metrics for sets in PLAN.curves.values() for ss in sets],
+        [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()],
+    output:
+        md=report(f"{RESULTS}/verdict.md", category="Verdicts"),
+        json=f"{RESULTS}/verdict.json",
+    log:
+        f"{LOGS}/verdict.log",
+    shell:
+        "d2it report verdict --config {CFG} > {log} 2>&1"
+
+
 # Fig. 3: samples beside their grain maps (red = fine, blue = coarse); Fig. 4: one row per class.
 rule samples_figure:
     input:
@@ -25,12 +61,15 @@ rule samples_figure:
     output:
         report(f"{RESULTS}/{{fig}}.png", category="Figures"),
     wildcard_constraints:
-        fig=one_of(STUDY["figures"]),
+        fig=one_of(PLAN.figures),
     params:
         by_class=lambda w: "--by-class" if STUDY["figures"][w.fig]["classes"] else "",
         per_row=lambda w: STUDY["figures"][w.fig]["per_row"],
+        title=lambda w: (f"{w.fig.replace('fig', 'Fig. ')}: "
+                         f"{studies.spec_label(STUDY, STUDY['figures'][w.fig]['spec'])}, "
+                         f"study {PLAN.name}"),
     log:
         f"{LOGS}/{{fig}}.log",
     shell:
-        "d2it report samples --samples {input} {params.by_class} --per-row {params.per_row} "
-        "--out {output} > {log} 2>&1"
+        "d2it report samples --config {CFG} --samples {input} {params.by_class} "
+        "--per-row {params.per_row} --title {params.title:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,101 @@
+"""Curve figures, each with its CSV beside: Fig. 5 (reconstruction vs generation over fine-grain
+ratios) and Fig. 6 (FD and the class score over training steps)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from d2it.errors import D2itError  # noqa: E402
+from d2it.files import atomic, write_text_atomic  # noqa: E402
+
+
+def _metrics(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise D2itError(f"{what}: no metrics {path} (run the study's metrics jobs)")
+    return json.loads(path.read_text())
+
+
+def _sample_metrics(ss) -> dict:
+    """FD (under its protocol key) and, where measured, the class score of one sample set."""
+    found = _metrics(ss.metrics, ss.name)
+    keys = found["keys"]
+    out = {"fd_key": keys["fd"], "fd": found[keys["fd"]], "protocol": found["protocol"]}
+    if "class_acc" in keys:
+        out["class_acc"] = found["class_acc"]
+    return out
+
+
+def fig6_table(plan) -> pd.DataFrame:
+    """One row per (spec, seed, training step) of Fig. 6."""
+    from d2it.study import spec_label
+
+    rows = [{"spec": spec, "model": spec_label(plan.study, spec), "seed": ss.run.seed,
+             "step": ss.train_step, "sample_set": ss.name, **_sample_metrics(ss)}
+            for spec, ss in zip(plan.curve_specs["fig6"], plan.curves["fig6"])]
+    return pd.DataFrame(rows)
+
+
+def fig5_table(plan) -> pd.DataFrame:
+    """One row per (fine ratio, seed) of Fig. 5: the DVAE's reconstruction rFD and PSNR beside the
+    FD of the D²iT model trained on its latents."""
+    rows = []
+    for ss in plan.curves["fig5"]:
+        dvae = plan.dvae_of(ss.run)
+        recon = _metrics(plan.recon_json(dvae), f"the DVAE of {ss.name}")
+        rfd_key = next(k for k in recon if k.startswith(("rfd_", "rfid")))
+        rows.append({"fine_ratio": ss.run.fine_ratio, "seed": ss.run.seed,
+                     "rfd_key": rfd_key, "rfd": recon[rfd_key], "psnr_db": recon["psnr"],
+                     "sample_set": ss.name, **_sample_metrics(ss)})
+    return pd.DataFrame(rows).sort_values(["fine_ratio", "seed"]).reset_index(drop=True)
+
+
+def _save(fig, table: pd.DataFrame, png: Path) -> dict:
+    png = Path(png)
+    with atomic(png) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    csv = png.with_suffix(".csv")
+    write_text_atomic(csv, table.to_csv(index=False))
+    return {"figure": str(png), "csv": str(csv), "rows": len(table)}
+
+
+def fig6(plan, png: Path) -> dict:
+    """FD (and the class score) against training steps, one line per model; bands are the 95 %
+    interval over seeds where there are several."""
+    table = fig6_table(plan)
+    panels = ["fd"] + (["class_acc"] if "class_acc" in table else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        sns.lineplot(table, x="step", y=metric, hue="model", style="model", markers=True,
+                     errorbar=("ci", 95), ax=ax)
+        ax.set_xlabel("training steps")
+        ax.set_ylabel(table["fd_key"].iloc[0] + " (lower is better)" if metric == "fd"
+                      else "class score: samples recognised as their class")
+        ax.legend(title="model")
+    fig.suptitle(f"Fig. 6: convergence, study {plan.name} ({table['protocol'].iloc[0][:60]}...)",
+                 fontsize=9)
+    return _save(fig, table, png)
+
+
+def fig5(plan, png: Path) -> dict:
+    """Reconstruction (rFD of each DVAE) and generation (FD of the D²iT trained on it) against the
+    fine-grain ratio."""
+    table = fig5_table(plan)
+    long = pd.concat([
+        table.assign(metric=f"reconstruction ({table['rfd_key'].iloc[0]})", value=table["rfd"]),
+        table.assign(metric=f"generation ({table['fd_key'].iloc[0]})", value=table["fd"])])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(long, x="fine_ratio", y="value", hue="metric", style="metric", markers=True,
+                 errorbar=("ci", 95), ax=ax)
+    ax.set_xlabel("fine-grain ratio of the DVAE")
+    ax.set_ylabel("Fréchet distance (lower is better)")
+    ax.legend(title="quality")
+    ax.set_title(f"Fig. 5: fine-grain ratio sweep, study {plan.name}")
+    return _save(fig, table, png)
