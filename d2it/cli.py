@@ -184,6 +184,21 @@ def cmd_report_curve(args) -> dict:
     return getattr(curves, args.figure)(plan, out)
 
 
+def cmd_report_grain_maps(args) -> dict:
+    from d2it.data.manifest import Manifest
+    from d2it.report.curves import grain_maps
+
+    plan = _plan(args)
+    found = plan.grain_check()
+    if found is None:
+        raise D2itError(f"study {plan.name!r} samples no D²iT run with both predicted and "
+                        "ground-truth grain maps")
+    manifest = Path(plan.study["data"]["manifest"])
+    names = Manifest.load(manifest).classes if manifest.is_file() else None
+    out = Path(args.out) if args.out else plan.grain_maps_png
+    return grain_maps(found[0].npz, found[1].npz, out, names)
+
+
 def cmd_report_samples(args) -> dict:
     from d2it.data.manifest import Manifest
     from d2it.report.figures import samples_figure
@@ -293,6 +308,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("figure", choices=["fig5", "fig6"])
     sp.add_argument("--out", help="PNG to write (default: results/<study>/<figure>.png)")
     sp.set_defaults(fn=cmd_report_curve)
+    sp = with_config(rep.add_parser("grain-maps", help="the grain model's maps against the "
+                                    "ground truth, per class and per position"))
+    sp.add_argument("--out", help="PNG to write (default: results/<study>/grain_maps.png)")
+    sp.set_defaults(fn=cmd_report_grain_maps)
     sp = with_config(rep.add_parser("samples",
                                     help="samples beside their grain maps (Figs. 3 and 4)"))
     sp.add_argument("--title", help="figure title")

@@ -120,7 +120,8 @@ def train_dvae(study: dict, fine_ratio: float, seed: int, out: Path) -> dict:
     record = run_record(study, fine_ratio, seed)
     seed_all(seed)  # the model's initial weights
     task = DVAETask(study, record)
-    return train(task, study["dvae"]["train"], out, record, study["tracking"], seed,
+    tracking = {**study["tracking"], "study": study["name"]}  # runs group under the study
+    return train(task, study["dvae"]["train"], out, record, tracking, seed,
                  loader_workers(study["data"]["num_workers"]))
 
 

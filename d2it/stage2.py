@@ -146,5 +146,6 @@ def train_model(study: dict, spec_name: str, seed: int, cache_dir: Path, out: Pa
     seed_all(seed)  # the model's initial weights
     task = TASKS[record["arch"]["kind"]](build(record["arch"]), study["specs"][spec_name], cache,
                                           study["diffusion"])
-    return train(task, train_settings(study, spec_name), out, record, study["tracking"], seed,
+    tracking = {**study["tracking"], "study": study["name"]}  # runs group under the study
+    return train(task, train_settings(study, spec_name), out, record, tracking, seed,
                  loader_workers(study["data"]["num_workers"]), tuple(snapshots))

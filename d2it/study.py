@@ -394,18 +394,35 @@ class Plan:
     def recon_csv(self) -> Path:
         return self.results_dir / "dvae_recon.csv"
 
+    def grain_check(self) -> tuple[SampleSet, SampleSet] | None:
+        """(predicted, ground truth): sample sets of one D²iT run drawn both ways, for the figure
+        of the grain model against the ground truth (None if no run is)."""
+        by_run = {}
+        for ss in self.sample_sets.values():
+            key = (ss.run.key, ss.settings["cfg_scale"], ss.settings["at_step"])
+            by_run.setdefault(key, {})[ss.settings["grain_source"]] = ss
+        for sources in by_run.values():
+            if "gt" in sources and "predicted" in sources:
+                return sources["predicted"], sources["gt"]
+        return None
+
+    @property
+    def grain_maps_png(self) -> Path:
+        return self.results_dir / "grain_maps.png"
+
     @property
     def verdict_md(self) -> Path:
         return self.results_dir / "verdict.md"
 
     def targets(self) -> list[Path]:
-        """What `rule all` builds: every table, figure, the reconstruction table and the
-        verdicts."""
+        """What `rule all` builds: every table, figure, the reconstruction table, the grain-map
+        figure and the verdicts."""
         tables = [self.table_csv(t) for t in self.study["tables"]]
         figures = [self.figure_png(f) for f in self.study["figures"]]
         recon = [self.recon_csv] if self.recon else []
         verdict = [self.verdict_md] if self.study["tables"] else []
-        return tables + figures + recon + verdict
+        grain = [self.grain_maps_png] if self.grain_check() else []
+        return tables + figures + recon + grain + verdict
 
     def find_sample_set(self, name: str) -> SampleSet:
         if name not in self.sample_sets:

@@ -370,7 +370,7 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                       tags={"d2it.task": task.name, "d2it.config_digest": digest(identity),
                             "d2it.git_commit": git_commit(), "d2it.out": str(out.resolve()),
                             "d2it.world_size": str(dist.world)},
-                      resume_step=step, write=dist.main)
+                      resume_step=step, write=dist.main, study=tracking.get("study"))
     batches = EpochBatches(len(task.dataset), cfg["batch_size"], seed, step, cfg["steps"],
                            dist.rank, dist.world, rounds)
     loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=batches,

@@ -119,3 +119,24 @@ def test_sample_figures_name_classes_and_show_grain_maps_of_d2it_only(tmp_path, 
                          class_names=[f"c{i}" for i in range(5)], title="Fig. 4")
     assert out == {"figure": str(tmp_path / "f.png"), "images": 20, "kind": kind}
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grain_maps_figure_compares_sources_per_class_and_position(tmp_path):
+    from d2it.report.curves import grain_maps
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 4
+    gt = rng.random((40, 4, 4)) < 0.5
+    predicted = np.zeros((40, 4, 4), bool)
+    predicted[:, :2] = True  # the top half always fine: fraction 0.5, rows 0-1 frequency 1
+    for name, grain in (("gt", gt), ("pred", predicted)):
+        np.savez(tmp_path / f"{name}.npz", arr_0=np.zeros((40, 8, 8, 3), np.uint8),
+                 labels=labels, grain=grain)
+    out = grain_maps(tmp_path / "pred.npz", tmp_path / "gt.npz", tmp_path / "g.png",
+                     ["a", "b", "c", "d"])
+    assert out["rows"] == 4 and (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "g.csv").read_text().splitlines()
+    assert summary[0] == "class,ground truth,predicted"
+    first = summary[1].split(",")
+    assert first[0] == "a" and float(first[2]) == 0.5
+    assert float(first[1]) == pytest.approx(gt[labels == 0].mean())

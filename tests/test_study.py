@@ -168,7 +168,7 @@ def test_plan_targets_and_paths_are_per_study(tmp_path):
     other = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["name=cpu2"]))
     assert [str(p) for p in cpu.targets()] == [f"results/cpu/{t}" for t in (
         "table1.csv", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "fig3.png",
-        "fig4.png", "fig5.png", "fig6.png", "dvae_recon.csv", "verdict.md")]
+        "fig4.png", "fig5.png", "fig6.png", "dvae_recon.csv", "grain_maps.png", "verdict.md")]
     ours = {str(p) for ss in cpu.sample_sets.values() for p in (ss.npz, ss.grid, ss.metrics)}
     theirs = {str(p) for ss in other.sample_sets.values() for p in (ss.npz, ss.grid, ss.metrics)}
     assert ours and not ours & theirs

@@ -166,6 +166,31 @@ def test_mlflow_mirrors_the_json_metrics(tmp_path):
     assert history == pytest.approx(logged) and len(logged) == 12
 
 
+def test_a_study_groups_its_trainings_and_evaluations_under_one_parent_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from d2it.tracking import log_evaluation
+
+    tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t", "study": "s"}
+    for name in ("a", "b"):
+        train(ToyTask(), toy_cfg(steps=2), tmp_path / name, {"identity": {"toy": name}},
+              tracking, seed=0)
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"png")
+    evaluation = log_evaluation(tracking, "s", "dit-set", {"kind": "dit", "seed": 0},
+                                {"fd_effnet_1k": 12.5, "class_acc": 0.75}, [grid])
+    client = MlflowClient(tracking["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("d2it.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["d2it.role"] for r in children) == ["evaluation", "training",
+                                                                  "training"]
+    found = client.get_run(evaluation)
+    assert found.data.metrics == {"fd_effnet_1k": 12.5, "class_acc": 0.75}
+    assert found.data.params == {"kind": "dit", "seed": "0"}
+    assert [a.path for a in client.list_artifacts(evaluation)] == ["grid.png"]
+
+
 def test_broken_tracking_warns_and_training_goes_on(tmp_path, caplog):
     (tmp_path / "a-file").write_text("")
     uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a database that cannot be created

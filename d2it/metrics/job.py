@@ -14,6 +14,7 @@ from d2it.errors import D2itError
 from d2it.metrics.classifier import accuracy, study_classifier
 from d2it.metrics.evaluate import adm_reference, compare, extract, reference_stats
 from d2it.metrics.extractors import metric_key, resolve
+from d2it.tracking import log_evaluation
 
 
 def load_samples(path: Path, n: int | None) -> torch.Tensor:
@@ -76,6 +77,18 @@ def class_scorer(config: dict):
     return score
 
 
+def _log_evaluation(config: dict, path: Path, values: dict, sampling: dict | None) -> None:
+    """The sample set's metrics as a child run of the study in MLflow, its grid as an
+    artifact."""
+    sampling = sampling or {}
+    keep = ("kind", "run", "grain_run", "seed", "cfg_scale", "grain_source", "sampler", "steps",
+            "at_step", "n", "params_M", "grain_params_M")
+    params = {"sample_set": path.stem, **{k: sampling.get(k) for k in keep if k in sampling}}
+    metrics = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+    grid = [Path(sampling["grid"])] if sampling.get("grid") else []
+    log_evaluation(config["tracking"], config["name"], path.stem, params, metrics, grid)
+
+
 def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
     """Metrics of one sample set, or of several (e.g. one per seed): then each set's values and, per
     metric, their mean and standard deviation across sets."""
@@ -92,8 +105,10 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
         if classifier:
             values.update(classifier(path, images))
         meta = Path(path).with_suffix(".json")
+        sampling = json.loads(meta.read_text()) if meta.is_file() else None
         runs.append({"samples": str(path), "n_generated": len(images), **values,
-                     "sampling": json.loads(meta.read_text()) if meta.is_file() else None})
+                     "sampling": sampling})
+        _log_evaluation(config, Path(path), values, sampling)
     result = {k: v for k, v in runs[0].items()} if len(runs) == 1 else {"sets": runs}
     if len(runs) > 1:
         for key in (k for k, v in runs[0].items() if isinstance(v, float)):

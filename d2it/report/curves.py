@@ -1,5 +1,6 @@
-"""Curve figures, each with its CSV beside: Fig. 5 (reconstruction vs generation over fine-grain
-ratios) and Fig. 6 (FD and the class score over training steps)."""
+"""Figures of many samples, each with its CSV beside: Fig. 5 (reconstruction vs generation over
+fine-grain ratios), Fig. 6 (FD and the class score over training steps) and the grain model's maps
+against the ground truth."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -99,3 +101,40 @@ def fig5(plan, png: Path) -> dict:
     ax.legend(title="quality")
     ax.set_title(f"Fig. 5: fine-grain ratio sweep, study {plan.name}")
     return _save(fig, table, png)
+
+
+def grain_maps_table(predicted: Path, ground_truth: Path) -> pd.DataFrame:
+    """Per sample: its source (predicted / ground truth), class and fine fraction."""
+    parts = []
+    for source, path in (("ground truth", ground_truth), ("predicted", predicted)):
+        data = np.load(path)
+        parts.append(pd.DataFrame({"source": source, "class": data["labels"],
+                                   "fine_fraction": data["grain"].reshape(len(data["grain"]),
+                                                                          -1).mean(1)}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def grain_maps(predicted: Path, ground_truth: Path, png: Path,
+               class_names: list[str] | None = None) -> dict:
+    """The grain model against the ground truth: fine fraction per class (box plots) and how often
+    each position is fine (one heat map per source)."""
+    table = grain_maps_table(predicted, ground_truth)
+    if class_names:
+        table["class"] = [class_names[c] for c in table["class"]]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), width_ratios=[2, 1, 1])
+    sns.boxplot(table, x="class", y="fine_fraction", hue="source", ax=axes[0])
+    axes[0].set_xlabel("class")
+    axes[0].set_ylabel("fine fraction of the grain map")
+    axes[0].tick_params(axis="x", rotation=45)
+    axes[0].legend(title="grain maps")
+    for ax, (source, path) in zip(axes[1:], (("ground truth", ground_truth),
+                                            ("predicted", predicted))):
+        frequency = np.load(path)["grain"].mean(0)
+        sns.heatmap(frequency, vmin=0, vmax=1, cmap="coolwarm", square=True, ax=ax,
+                    cbar_kws={"label": "fraction of samples fine here"})
+        ax.set_title(f"{source}: fine frequency per position")
+        ax.set_xlabel("grain column")
+        ax.set_ylabel("grain row")
+    fig.suptitle("Grain maps: the Dynamic Grain Transformer vs held-out ground truth")
+    summary = table.groupby(["class", "source"])["fine_fraction"].mean().unstack()
+    return _save(fig, summary.reset_index(), png)
