@@ -47,3 +47,23 @@ def test_wilson_interval_matches_its_formula(classifier):
     half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
     assert found["accuracy"] == 0.5
     np.testing.assert_allclose(found["ci95"], (centre - half, centre + half), rtol=1e-9)
+
+
+def test_the_study_classifier_is_trained_once_and_loaded_after(tmp_path, dataset, monkeypatch):
+    from d2it import study as studies
+    from d2it.metrics import classifier
+    from tests_support import tiny_study
+
+    study = studies.resolve(tiny_study(tmp_path, dataset, metrics={
+        "extractor": "effnet", "class_score": True,
+        "classifier": {"width": 4, "epochs": 1, "batch_size": 64}}), "t")
+    net, record = classifier.study_classifier(study, tmp_path / "ref")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(classifier, "fit", no_training)
+    again, record_again = classifier.study_classifier(study, tmp_path / "ref")
+    assert record_again == record and record["n_train"] == 160 and record["n_heldout"] == 40
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(net(images), again(images))

@@ -94,7 +94,8 @@ def accuracy(net: ClassifierNet, images: torch.Tensor, labels: torch.Tensor) -> 
     """Fraction recognised as their label, with its 95 % Wilson interval."""
     correct = int((predict(net, images) == labels).sum())
     interval = binomtest(correct, len(labels)).proportion_ci(0.95, method="wilson")
-    return {"accuracy": correct / len(labels), "ci95": (interval.low, interval.high),
+    return {"accuracy": correct / len(labels),
+            "ci95": (float(interval.low), float(interval.high)),  # plain floats: JSON, torch.save
             "n": len(labels)}
 
 
