@@ -126,12 +126,12 @@ def _check_row(study: dict, where: str, row: dict) -> None:
     if source == "predicted" and spec["grain_model"] is None:
         raise D2itError(f"{where}: grain_source predicted needs specs.{row['spec']}.grain_model "
                         "(a grain spec)")
-    if row["classes"] and (study["data"]["classes"] == 1 or not spec["conditional"]):
+    unconditional = study["data"]["classes"] == 1 or not spec["conditional"]
+    if row["classes"] and unconditional:
         raise D2itError(f"{where}.classes: specs.{row['spec']} is unconditional")
     if source == "gt" and row["classes"]:
         raise D2itError(f"{where}.classes: ground-truth grain maps come with their held-out "
                         "images' labels; drop classes or the gt grain source")
-    unconditional = study["data"]["classes"] == 1 or not spec["conditional"]
     if row["cfg_scale"] != 1 and (unconditional or spec["class_dropout"] == 0):
         raise D2itError(f"{where}.cfg_scale: {row['cfg_scale']} needs class-conditional data "
                         "(data.classes > 1), a conditional spec and class_dropout > 0")
@@ -488,7 +488,7 @@ def plan(study: dict) -> Plan:
                   for seed in settings["seeds"]]
         result.curves[fig] = [result.sample_set(*point) for point in points]
         result.curve_specs[fig] = [name for name, _, _ in points]
-    result.fig5_dvaes()
+    result.fig5_dvaes()  # registers Fig. 5's DVAEs (rFD of each ratio) with the plan
     recon = study["recon"]
     result.recon = [result.dvae(r, s) for r in recon["fine_ratios"] for s in recon["seeds"]]
     return result

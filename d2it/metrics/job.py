@@ -51,18 +51,18 @@ def reference(config: dict, extractor, device: torch.device) -> dict:
 
 
 def class_scorer(config: dict):
-    """None, or a function (sample file, images) -> the class-score fields of its metrics: the
-    fraction of samples the study's classifier recognises as the class they were drawn for, its
-    interval, and the classifier's accuracy on real held-out images (the ceiling)."""
+    """None, or a function (sample file, images, its sampling JSON) -> the class-score fields of
+    its metrics: the fraction of samples the study's classifier recognises as the class they were
+    drawn for, its interval, and the classifier's accuracy on real held-out images (the
+    ceiling)."""
     if not config["metrics"]["class_score"]:
         return None
     if config["data"]["classes"] < 2:
         raise D2itError("metrics.class_score needs class-conditional data (data.classes > 1)")
     net, record = study_classifier(config, Path(config["metrics"]["reference_dir"]))
 
-    def score(path: Path, images: torch.Tensor) -> dict:
-        meta = Path(path).with_suffix(".json")
-        if meta.is_file() and not json.loads(meta.read_text()).get("conditional", True):
+    def score(path: Path, images: torch.Tensor, sampling: dict | None) -> dict:
+        if sampling and not sampling.get("conditional", True):
             return {}  # an unconditional model's samples have no class to recognise
         try:
             labels = np.load(path)["labels"][:len(images)]
@@ -102,10 +102,10 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
         images = load_samples(path, cfg["n_samples"])
         values = compare(extract(images, extractor, cfg["batch_size"], device), ref, extractor, cfg,
                          cfg["seed"])
-        if classifier:
-            values.update(classifier(path, images))
         meta = Path(path).with_suffix(".json")
         sampling = json.loads(meta.read_text()) if meta.is_file() else None
+        if classifier:
+            values.update(classifier(path, images, sampling))
         runs.append({"samples": str(path), "n_generated": len(images), **values,
                      "sampling": sampling})
         _log_evaluation(config, Path(path), values, sampling)

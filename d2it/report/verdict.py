@@ -182,8 +182,7 @@ def fig5_verdict(plan, out: dict, metric: str) -> dict:
     parts = []
     for end in (ratios[0], ratios[-1]):
         found = compare_sets(by_ratio[best], by_ratio[end], metric, f"fig5: r={best} vs r={end}")
-        parts.append({**found, "verdict": beats(found["ci95"], lower), "a": found["a"],
-                      "b_ratio": end})
+        parts.append({**found, "verdict": beats(found["ci95"], lower), "b_ratio": end})
     return {**out, "verdict": _all_of(parts), "best_ratio": best, "parts": parts,
             "key": parts[0]["key"], "protocol": parts[0]["protocol"], "seeds": parts[0]["seeds"],
             "text": "; ".join(f"r={best} vs r={p['b_ratio']}: {p['diff']:+.4g} "
