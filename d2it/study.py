@@ -181,9 +181,15 @@ def train_settings(study: dict, spec_name: str) -> dict:
 def dvae_identity(study: dict, fine_ratio: float, seed: int) -> dict:
     """What makes a DVAE's weights: its grain maps, its architecture and losses, its training
     settings and the seed."""
-    dvae = {k: v for k, v in study["dvae"].items() if k != "train"}
+    dvae = {k: v for k, v in study["dvae"].items() if k not in ("train", "seed")}
     return {"stage": "dvae", "seed": seed, "grain_maps": grain_maps_identity(study, fine_ratio),
             "dvae": dvae, "train": _train_identity(study["dvae"]["train"])}
+
+
+def dvae_seed(study: dict, seed: int) -> int:
+    """The seed of the DVAE a stage-2 run of training seed `seed` trains on (`dvae.seed`)."""
+    shared = study["dvae"]["seed"]
+    return seed if shared is None else shared
 
 
 def model_identity(study: dict, spec_name: str, seed: int, fine_ratio: float | None = None) -> dict:
@@ -203,7 +209,7 @@ def model_identity(study: dict, spec_name: str, seed: int, fine_ratio: float | N
     model = {"size": spec.get("size"), "arch": model_architecture(study, spec_name),
              **{k: spec[k] for k in LOSS_SWITCHES if k in spec}}
     inputs = ({"grain_maps": grain_maps_identity(study, fine_ratio)} if kind == "grain"
-              else {"dvae": dvae_identity(study, spec["fine_ratio"], seed)})
+              else {"dvae": dvae_identity(study, spec["fine_ratio"], dvae_seed(study, seed))})
     return {"stage": kind, "seed": seed, "model": model, "diffusion": dict(study["diffusion"]),
             "train": _train_identity(train_settings(study, spec_name)), **inputs}
 
@@ -326,7 +332,7 @@ class Plan:
 
     def model(self, spec_name: str, seed: int, fine_ratio: float | None = None) -> Run:
         run = self._add(model_identity(self.study, spec_name, seed, fine_ratio), spec_name)
-        self.dvae(run.fine_ratio, seed)
+        self.dvae(run.fine_ratio, dvae_seed(self.study, seed))
         return run
 
     def grain_model(self, spec_name: str, seed: int) -> Run | None:
@@ -338,7 +344,9 @@ class Plan:
 
     def dvae_of(self, run: Run) -> Run:
         """The DVAE run whose latent cache `run` trains on (or that is `run`)."""
-        return run if run.stage == "dvae" else self.dvae(run.fine_ratio, run.seed)
+        if run.stage == "dvae":
+            return run
+        return self.dvae(run.fine_ratio, dvae_seed(self.study, run.seed))
 
     def latents(self, run: Run) -> Path:
         """The latent cache `run` trains on (that of its DVAE)."""
@@ -385,6 +393,7 @@ class Plan:
         if fig5 is None:
             return []
         seeds = fig5.get("seeds") or self.study["sampling"]["seeds"]
+        seeds = sorted({dvae_seed(self.study, s) for s in seeds})
         return [self.dvae(r, s) for r in fig5["fine_ratios"] for s in seeds]
 
     def recon_json(self, run: Run) -> Path:

@@ -143,8 +143,13 @@ def test_seeds_are_a_dimension_of_a_row():
     row = rows["table2", "dit_xl"]
     assert (row["seeds"] == [0, 1, 2] and len(set(row["run_dirs"])) == 3
             and len(set(row["sample_sets"])) == 3)
-    # each seed retrains the whole pipeline, DVAE included
-    assert len(set(row["dvae_run_dirs"])) == 3
+    # every seed's generator trains on the one DVAE of `dvae.seed` (default 0) ...
+    assert set(row["dvae_run_dirs"]) == {str(studies.plan(studies.load(CONFIGS / "cpu.yaml"))
+                                             .dvae(1.0, 0).folder)}
+    # ... or, with dvae.seed null, each seed retrains the whole pipeline, DVAE included
+    rows = by_row(plan_rows(CONFIGS / "cpu.yaml", "tables.table2.rows.dit_xl.seeds=[0, 1, 2]",
+                            "dvae.seed=null"))
+    assert len(set(rows["table2", "dit_xl"]["dvae_run_dirs"])) == 3
 
 
 def test_plan_of_one_table_and_cpu_labels():
