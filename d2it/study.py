@@ -433,6 +433,43 @@ class Plan:
         grain = [self.grain_maps_png] if self.grain_check() else []
         return tables + figures + recon + grain + verdict
 
+    def result_sources(self) -> dict[Path, list[Path]]:
+        """Each result file the study writes under results/ (and the repository may hold) and
+        the result files it is made from: per-set metrics and grids, the DVAE JSONs, the tables
+        a verdict reads."""
+        sources = {self.table_csv(t): [ss.metrics for row in self.table_rows(t)
+                                       for ss in row.sample_sets] for t in self.study["tables"]}
+        for fig, ss in self.figures.items():
+            sources[self.figure_png(fig)] = [ss.grid]
+        for fig, sets in self.curves.items():
+            recon = [self.recon_json(run) for run in self.fig5_dvaes()] if fig == "fig5" else []
+            made_from = [ss.metrics for ss in sets] + recon
+            sources[self.figure_png(fig)] = made_from
+            sources[self.figure_png(fig).with_suffix(".csv")] = made_from
+        if self.recon:
+            sources[self.recon_csv] = [self.recon_json(run) for run in self.recon]
+        if self.grain_check():
+            grids = [ss.grid for ss in self.grain_check()]
+            sources[self.grain_maps_png] = grids
+            sources[self.grain_maps_png.with_suffix(".csv")] = grids
+        if self.study["tables"]:
+            made_from = sorted({p for out in list(sources) for p in sources[out]})
+            sources[self.verdict_md] = made_from
+            sources[self.verdict_md.with_suffix(".json")] = made_from
+        return sources
+
+    def stale_results(self) -> dict[Path, list[Path]]:
+        """Result files that exist although some file they are made from does not: made by
+        another plan (an older config or code; e.g. committed results after a change). Snakemake
+        counts an existing output as up to date whatever its inputs, so these must be remade by
+        hand: the workflow removes them. Value: the missing sources."""
+        stale = {}
+        for out, made_from in self.result_sources().items():
+            missing = [p for p in made_from if not p.exists()]
+            if out.exists() and missing:
+                stale[out] = missing
+        return stale
+
     def find_sample_set(self, name: str) -> SampleSet:
         if name not in self.sample_sets:
             raise D2itError(f"study {self.name!r} has no sample set {name!r} "

@@ -124,6 +124,26 @@ def test_default_target_is_the_cpu_study(checkout):
         {t.replace("results/cpu/", "results/cpu2/") for t in tables}
 
 
+def test_results_of_another_plan_are_remade_not_kept(checkout):
+    """An existing table whose metrics are not the planned ones (committed results after a
+    change) would be 'up to date' to Snakemake: the workflow removes it; a current one stays."""
+    plan = studies.plan(studies.load(REPO / "config" / "cpu.yaml"))
+    stale, current = checkout / plan.table_csv("table2"), checkout / plan.table_csv("table3")
+    metrics = [checkout / ss.metrics
+               for row in plan.table_rows("table3") for ss in row.sample_sets]
+    for path in metrics + [stale, current]:  # each table after its metrics
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("made earlier\n")
+    command = [SNAKEMAKE, "--cores", "1", str(plan.table_csv("table3"))]
+    proc = subprocess.run(command + ["-n"], capture_output=True, text=True, cwd=checkout)
+    assert proc.returncode == 0 and stale.exists()  # a dry run only tells
+    assert f"{plan.table_csv('table2')}: made from results this study no longer plans" in proc.stderr
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=checkout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not stale.exists() and current.read_text() == "made earlier\n"
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
 def test_one_study_at_a_time(checkout):
     proc = subprocess.run([SNAKEMAKE, "-n", "--configfile", "config/cpu.yaml",
                            "config/ffhq256.yaml"],

@@ -1,5 +1,6 @@
 import hashlib
 import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,28 @@ PLAN = studies.plan(STUDY)
 RUNS = str(PLAN.runs_dir)
 RESULTS = str(PLAN.results_dir)
 LOGS = f"logs/{PLAN.name}"
+
+
+def dry_run() -> bool:
+    """Whether this is `snakemake -n` (the workflow object does not know it while parsing)."""
+    flags = [a for a in sys.argv[1:] if re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a)]
+    return bool(flags) or "--dry-run" in sys.argv or "--dryrun" in sys.argv
+
+
+def remove_stale_results() -> None:
+    """Remove results made by another plan (e.g. committed ones after a change): Snakemake would
+    count them up to date, as an existing output never waits for missing inputs. Git keeps
+    the old files; a dry run only says what it would remove."""
+    for out, missing in PLAN.stale_results().items():
+        action = "would be removed and remade" if dry_run() else "removed, to be remade"
+        print(f"{out}: made from results this study no longer plans ({missing[0]} "
+              f"and {len(missing) - 1} more missing); {action}", file=sys.stderr)
+        if not dry_run():
+            out.unlink()
+
+
+if workflow.is_main_process:
+    remove_stale_results()
 
 # Every job reads the resolved study from one content-addressed file. It is not a rule param, so
 # a change that moves no run, sample set or metric (workers, logging) re-runs nothing.
