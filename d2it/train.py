@@ -157,6 +157,11 @@ class Checkpoints:
                 log.warning("skipping unreadable checkpoint %s (%s)", path, e)
         return None
 
+    def newest_step(self) -> int | None:
+        """The step of the newest checkpoint file (unread), None if there is none."""
+        paths = sorted(self.folder.glob(CKPT_GLOB))
+        return int(paths[-1].stem.split("-")[1]) if paths else None
+
     def save(self, state: dict, step: int) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"ckpt-{step:09d}.pt"
@@ -312,6 +317,22 @@ def _phase_losses(task: Task, batch, step: int, shard: Shard, device: torch.devi
         yield item
 
 
+def _check_finite(losses: list, out: Path, ckpts: Checkpoints) -> None:
+    """Stop at the first non-finite loss of `losses` (checked in one transfer, before anything
+    is logged or saved, so the last checkpoint holds finite weights)."""
+    if not losses:
+        return
+    finite = torch.isfinite(torch.stack([loss.float() for _, _, loss in losses])).tolist()
+    if all(finite):
+        return
+    step, phase, loss = losses[finite.index(False)]
+    kept = ckpts.newest_step()
+    where = (f"the last good checkpoint (step {kept}) stays in {ckpts.folder}" if kept
+             else "no checkpoint was written yet")
+    raise D2itError(f"{out}: non-finite {phase} loss ({loss.item()}) at step {step + 1}; "
+                    f"stopped, {where}")
+
+
 def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: int,
           num_workers: int = 0, snapshots: tuple[int, ...] = ()) -> dict:
     """Train to cfg["steps"] (resuming from out/checkpoints), keeping the EMA weights at the steps
@@ -380,6 +401,7 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     micro_batches = iter(loader)
     shard = Shard(seed, cfg["batch_size"], dist.device)
     sums, count, status = {}, 0, "FAILED"
+    unchecked = []  # (step, phase, loss) since the last finiteness check
     for module in task.modules.values():
         module.train()
     try:
@@ -398,10 +420,7 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                     with dist.sync(r == rounds - 1):
                         for phase, loss, logged in _phase_losses(task, batch, step, shard,
                                                                  dist.device, cfg["bf16"]):
-                            if not torch.isfinite(loss):
-                                raise D2itError(f"{out}: non-finite {phase} loss "
-                                                f"({loss.item()}) at step {step}; stopped, "
-                                                f"the last good checkpoint stays in {ckpts.folder}")
+                            unchecked.append((step, phase, loss.detach()))
                             if phase not in stepped:
                                 optimisers[phase].zero_grad(set_to_none=True)
                                 stepped.add(phase)
@@ -429,13 +448,18 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                     weights = ema.module if ema is not None else model
                     with atomic(snapshot_path(out, step)) as tmp:
                         torch.save(weights.state_dict(), tmp)
-                if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+                stop = dist.any(signals.received is not None)
+                saving = step % cfg["ckpt_every"] == 0 or step == cfg["steps"] or stop
+                logging = step % cfg["log_every"] == 0 or step == cfg["steps"]
+                if saving or logging:  # the host waits for the device here only
+                    _check_finite(unchecked, out, ckpts)
+                    unchecked = []
+                if logging:
                     means = dist.mean({k: v.item() / count for k, v in sums.items()})
                     tracker.log({**means, "steps_per_s": step / max(elapsed, 1e-9)}, step)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
                     sums, count = {}, 0
-                stop = dist.any(signals.received is not None)
-                if step % cfg["ckpt_every"] == 0 or step == cfg["steps"] or stop:
+                if saving:
                     if dist.main:
                         ckpts.save(checkpoint_state(), step)
                     dist.barrier()

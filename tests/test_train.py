@@ -6,14 +6,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
+import d2it
 from d2it import config
 from d2it.errors import D2itError
 from d2it.train import EpochBatches, Shard, batch_split, train
+
+PACKAGE = Path(d2it.__file__).parent
 
 D2IT = [sys.executable, "-m", "d2it.cli"]
 
@@ -142,13 +146,58 @@ def toy_cfg(**kw):
             "ckpt_every": 2, "log_every": 1, "ema": None, **kw}
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    with pytest.raises(D2itError, match="non-finite main loss .* at step 5"):
-        train(ToyTask(nan_at=5), toy_cfg(), tmp_path, {"identity": {"toy": 1}},
-              {"uri": None, "experiment": "t"}, seed=0)
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, log_every):
+    # the 6th step (0-based 5) fails; checkpoints are named by the steps done. Checked at the
+    # logging and checkpoint steps only, it is still named and never saved
+    with pytest.raises(D2itError, match=r"non-finite main loss \(nan\) at step 6; stopped, the "
+                                        r"last good checkpoint \(step 4\) stays in"):
+        train(ToyTask(nan_at=5), toy_cfg(log_every=log_every), tmp_path,
+              {"identity": {"toy": 1}}, {"uri": None, "experiment": "t"}, seed=0)
     assert (sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
             == ["ckpt-000000002.pt", "ckpt-000000004.pt"])
     assert not (tmp_path / "final.pt").exists()
+
+
+def test_nan_before_any_checkpoint_says_so(tmp_path):
+    with pytest.raises(D2itError, match="at step 1; stopped, no checkpoint was written yet"):
+        train(ToyTask(nan_at=0), toy_cfg(), tmp_path, {"identity": {"toy": 1}},
+              {"uri": None, "experiment": "t"}, seed=0)
+
+
+def test_training_step_does_not_wait_for_the_device_between_logging_steps(tmp_path,
+                                                                          monkeypatch):
+    """The host reads computed values (Tensor.item / tolist / __bool__ of float or bool
+    tensors, from d2it's code) only at logging and checkpoint steps: counted per step on the
+    CPU, where torch.cuda.set_sync_debug_mode cannot run."""
+    reads = []
+    for name in ("item", "tolist", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **kw):
+            caller = Path(sys._getframe(1).f_code.co_filename)
+            # index lists (the batch sampler's) are host data; computed values are floats or
+            # flags
+            computed = self.is_floating_point() or self.dtype == torch.bool
+            if computed and (caller.is_relative_to(PACKAGE)
+                                             or caller == Path(__file__)):
+                reads.append((len(steps), f"{caller.name}:{sys._getframe(1).f_lineno}"))
+            return _original(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    class SilentToy(ToyTask):
+        def losses(self, batch, step, shard):
+            steps.append(step)
+            x, y = batch
+            loss = (self.model(x) - y).square().mean()
+            yield "main", loss, {"loss": loss.detach()}
+
+    steps = []
+    train(SilentToy(), toy_cfg(log_every=4, ckpt_every=6, steps=12), tmp_path,
+          {"identity": {"toy": 1}}, {"uri": None, "experiment": "t"}, seed=0)
+    assert len(steps) == 12
+    # reads happen right after steps 4, 6, 8 and 12 (1-based), none after the others
+    assert reads and {after for after, _ in reads} <= {4, 6, 8, 12}, reads
 
 
 def test_mlflow_mirrors_the_json_metrics(tmp_path):

@@ -137,7 +137,8 @@ def test_results_of_another_plan_are_remade_not_kept(checkout):
     command = [SNAKEMAKE, "--cores", "1", str(plan.table_csv("table3"))]
     proc = subprocess.run(command + ["-n"], capture_output=True, text=True, cwd=checkout)
     assert proc.returncode == 0 and stale.exists()  # a dry run only tells
-    assert f"{plan.table_csv('table2')}: made from results this study no longer plans" in proc.stderr
+    said = f"{plan.table_csv('table2')}: made from results this study no longer plans"
+    assert said in proc.stderr
     proc = subprocess.run(command, capture_output=True, text=True, cwd=checkout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not stale.exists() and current.read_text() == "made earlier\n"
