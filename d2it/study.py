@@ -448,12 +448,13 @@ class Plan:
             sources[self.figure_png(fig).with_suffix(".csv")] = made_from
         if self.recon:
             sources[self.recon_csv] = [self.recon_json(run) for run in self.recon]
-        if self.grain_check():
-            grids = [ss.grid for ss in self.grain_check()]
+        check = self.grain_check()
+        if check:
+            grids = [ss.grid for ss in check]
             sources[self.grain_maps_png] = grids
             sources[self.grain_maps_png.with_suffix(".csv")] = grids
         if self.study["tables"]:
-            made_from = sorted({p for out in list(sources) for p in sources[out]})
+            made_from = sorted({p for paths in sources.values() for p in paths})
             sources[self.verdict_md] = made_from
             sources[self.verdict_md.with_suffix(".json")] = made_from
         return sources
