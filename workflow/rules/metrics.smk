@@ -12,7 +12,7 @@ rule sample_metrics:
         name=one_of(PLAN.sample_sets),
     params:
         metrics=identity(studies.metrics_identity),
-    threads: 2
+    threads: STUDY["threads"]
     log:
         f"{LOGS}/metrics/{{name}}.log",
     shell:

@@ -15,7 +15,7 @@ rule train_dvae:
         d2it=d2it_cmd,
         ratio=lambda w: DVAES[w.run].fine_ratio,
         seed=lambda w: DVAES[w.run].seed,
-    threads: 2
+    threads: STUDY["threads"]
     resources:
         runtime=120,
     log:

@@ -19,7 +19,7 @@ rule train_model:
     params:
         d2it=d2it_cmd,
         args=model_args,
-    threads: 2
+    threads: STUDY["threads"]
     resources:
         runtime=240,
     log:
@@ -52,7 +52,7 @@ rule sample:
         name=one_of(PLAN.sample_sets),
     params:
         d2it=d2it_cmd,
-    threads: 2
+    threads: STUDY["threads"]
     log:
         f"{LOGS}/sample/{{name}}.log",
     shell:
