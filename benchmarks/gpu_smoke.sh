@@ -14,10 +14,10 @@ mkdir -p "$out"
 d2it() { python3 -m d2it.cli "$@"; }
 step() { echo "== $(date +%T) $*"; }
 
-step "throughput $size"
-tp() { python3 benchmarks/stage2_throughput.py --size "$size" "$@"; }
-tp --batch 32 --steps $((steps < 20 ? steps : 20))  # STEPS below 20 shortens the timing too
-tp --batch 64 --steps $((steps < 10 ? steps : 10)) || echo "batch 64 failed"
+step "bench $size"
+iters=$((steps < 10 ? steps : 10))  # STEPS below 10 shortens the timing too
+d2it bench --size "$size" --batch 32 --iters "$iters" --out "$out/bench-32"
+d2it bench --size "$size" --batch 64 --iters "$iters" --out "$out/bench-64" || echo "batch 64 failed"
 
 step "config"
 python3 - "$out" "$steps" "$n" <<'PY'

@@ -210,6 +210,24 @@ def cmd_report_samples(args) -> dict:
                           names, args.title)
 
 
+def cmd_bench(args) -> dict | None:
+    from d2it import bench
+    from d2it import study as studies
+    from d2it.files import write_json_atomic, write_text_atomic
+
+    study = _study(args)
+    result = bench.run(study, args.size, args.batch, args.iters, args.repeats, args.compiled)
+    out = Path(args.out) if args.out else studies.plan(study).results_dir / "bench"
+    write_json_atomic(out.with_suffix(".json"), result)
+    table = bench.markdown(result)
+    write_text_atomic(out.with_suffix(".md"), table)
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(table, end="")
+    return None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2it", description="D²iT / DiT reproduction harness")
     sub = p.add_subparsers(dest="command", required=True)
@@ -320,6 +338,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--by-class", action="store_true", help="one row per class (Fig. 4)")
     sp.add_argument("--per-row", type=int, default=8, help="samples per row")
     sp.set_defaults(fn=cmd_report_samples)
+    sp = with_config(sub.add_parser("bench", help="training, sampling, DVAE and metric speed of "
+                                    "DiT and D²iT on this device (results/<study>/bench.*)"))
+    sp.add_argument("--size", default="tiny", help="model size of both kinds (tiny ... XL)")
+    sp.add_argument("--batch", type=int, default=32, help="images per step on this device")
+    sp.add_argument("--iters", type=int, default=10, help="training steps per timing")
+    sp.add_argument("--repeats", type=int, default=5, help="timings; the median is reported")
+    sp.add_argument("--no-compiled", dest="compiled", action="store_false",
+                    help="skip the compiled training figure where the default runs eager")
+    sp.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    sp.add_argument("--out", help="file stem to write .json and .md to "
+                                  "(default: results/<study>/bench)")
+    sp.set_defaults(fn=cmd_bench)
     return p
 
 
@@ -331,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     except D2itError as e:
         print(f"d2it: error: {e}", file=sys.stderr)
         return 2
+    if result is None:  # the command printed its own output
+        return 0
     if isinstance(result, list):  # one JSON object per line
         for item in result:
             print(json.dumps(item, default=str, ensure_ascii=False))

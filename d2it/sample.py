@@ -25,9 +25,9 @@ from d2it.report.figures import write_grid
 from d2it.rng import generator
 from d2it.stage1 import load_dvae, to_uint8
 from d2it.study import SAMPLE_IDENTITY, grain_maps_of
-from d2it.train import Distributed, autocast, load_final, load_snapshot
+from d2it.train import Distributed, autocast, compile_network, load_final, load_snapshot
 
-SETTINGS = (*SAMPLE_IDENTITY, "batch_size")
+SETTINGS = (*SAMPLE_IDENTITY, "batch_size", "compile")  # compile: how, not what
 
 
 def generators(seed: int, stream: str, indices) -> list[torch.Generator]:
@@ -74,6 +74,7 @@ class DiTSampling:
         self.sampler = _sampler(record["identity"]["diffusion"], settings,
                                 record["arch"]["learn_sigma"])
         self.model = model.to(device)
+        self.params["network"] = compile_network(model, settings["compile"], device)
         if settings["cfg_scale"] != 1:
             if model.y_embedder.embedding_table.num_embeddings == self.classes:
                 raise D2itError(f"cfg_scale = {settings['cfg_scale']} needs a class-conditional "

@@ -289,6 +289,28 @@ class Distributed:
             torch.distributed.barrier()
 
 
+def on_gpu(setting: bool | str, device: torch.device) -> bool:
+    """A speed switch of the config: true, false or `auto` (on CUDA devices only)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
+def compile_network(model: torch.nn.Module, setting: bool | str, device: torch.device) -> str:
+    """torch.compile `model` in place (its state_dict keys stay as they are) where `setting`
+    asks for it; returns how it runs, `compiled` or `eager (why)`, for the run's record. A graph
+    that fails to compile at its first call runs eager, with Dynamo's warning saying why."""
+    if not on_gpu(setting, device):
+        return "eager (compile: auto on a CPU)" if setting == "auto" else "eager (compile: false)"
+    try:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True  # fall back to eager at the first call
+        model.compile()
+    except Exception as e:  # noqa: BLE001 - any failure to set up compilation means eager
+        log.warning("torch.compile unavailable, training eager: %s", e)
+        return f"eager (torch.compile failed: {e})"
+    return "compiled"
+
+
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on GPUs (the CPU study stays in fp32, as exact resume is tested there)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
@@ -350,12 +372,14 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
             stale.unlink()
     task.to(dist.device)
     model = task.modules["model"]
+    fused = on_gpu(cfg["fused_adamw"], dist.device)
     optimisers = {name: torch.optim.AdamW(module.parameters(), lr=cfg["lr"],
                                           betas=tuple(cfg["betas"]),
-                                          weight_decay=cfg["weight_decay"])
+                                          weight_decay=cfg["weight_decay"], fused=fused)
                   for name, module in task.phases.items()}
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
            if cfg["ema"] is not None else None)
+    compiled = compile_network(model, cfg["compile"], dist.device)  # after the EMA's copy
 
     # Resume
     seed_all(seed + 1)  # distinct from the model-init seed; restored from the checkpoint on resume
@@ -390,7 +414,8 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                       f"{task.name}:{out.name}", params=identity,
                       tags={"d2it.task": task.name, "d2it.config_digest": digest(identity),
                             "d2it.git_commit": git_commit(), "d2it.out": str(out.resolve()),
-                            "d2it.world_size": str(dist.world)},
+                            "d2it.world_size": str(dist.world), "d2it.network": compiled,
+                            "d2it.fused_adamw": str(fused)},
                       resume_step=step, write=dist.main, study=tracking.get("study"))
     batches = EpochBatches(len(task.dataset), cfg["batch_size"], seed, step, cfg["steps"],
                            dist.rank, dist.world, rounds)
@@ -478,6 +503,7 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     summary = {"task": task.name, "steps": step, "minutes": elapsed / 60,
                "steps_per_s": step / max(elapsed, 1e-9), "world_size": dist.world,
                "batch_gpu": batch_gpu, "accumulation_rounds": rounds, "device": str(dist.device),
+               "network": compiled, "fused_adamw": fused,
                "memory": dist.gather(memory()), "final": final_log}
     if dist.main:
         final = {"step": step, "model": model.state_dict(),
