@@ -11,7 +11,7 @@ step (forward and backward), so MFU = counted FLOPs x images/s / the device's pe
 |---|---|
 | train, fp32 eager | the reference: fp32, no compile, AdamW's per-tensor loop |
 | train, default | the study's `train` settings on this device (bf16, compile, fused AdamW: auto) |
-| train, compiled | the default with torch.compile forced on (CPUs: off by default) |
+| train, compiled / eager | the default with torch.compile forced on (CPUs) or off (GPUs) |
 | sample | the study's sampler and step count, with and without guidance |
 """
 from __future__ import annotations
@@ -134,11 +134,13 @@ def step_flops(task, batch, device: torch.device) -> float:
 def bench_training(study: dict, kind: str, cache, batch, device, cfg: dict) -> dict:
     """Images/s of the training step in each mode, MFU of the default mode, peak memory."""
     train = study["train"]
-    modes = {"fp32_eager": (False, False, False),
-             "default": (train["bf16"], on_gpu(train["compile"], device),
-                         on_gpu(train["fused_adamw"], device))}
-    if cfg["compiled"] and not modes["default"][1]:
-        modes["compiled"] = (modes["default"][0], True, modes["default"][2])
+    bf16, compiled, fused = (train["bf16"], on_gpu(train["compile"], device),
+                             on_gpu(train["fused_adamw"], device))
+    modes = {"fp32_eager": (False, False, False), "default": (bf16, compiled, fused)}
+    if compiled:  # the default compiles: measure it eager too
+        modes["eager"] = (bf16, False, fused)
+    elif cfg["compiled"]:
+        modes["compiled"] = (bf16, True, fused)
     result = {}
     for mode, (bf16, compiled, fused) in modes.items():
         task = make_task(study, kind, cache, device)
@@ -151,6 +153,9 @@ def bench_training(study: dict, kind: str, cache, batch, device, cfg: dict) -> d
                                  cfg["iters"], cfg["repeats"])
         result[mode] = {"img_s": len(batch[0]) / seconds, "bf16": bf16 and device.type == "cuda",
                         "network": network, "fused_adamw": fused}
+        if mode == "default" and cfg["profile"]:
+            result["profile"] = profile_step(train_step(task, batch, device, bf16, fused),
+                                             device)
         if mode == "default":
             result["peak_mem_gib"] = (torch.cuda.max_memory_allocated(device) / 2**30
                                       if device.type == "cuda" else memory()["peak_rss_mib"] / 1024)
@@ -159,12 +164,33 @@ def bench_training(study: dict, kind: str, cache, batch, device, cfg: dict) -> d
     return result
 
 
+def profile_step(step, device: torch.device, top: int = 12) -> list[dict]:
+    """The operators that take the most (device, else CPU) time over three training steps: name,
+    milliseconds per step and share of the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    step()  # warm-up outside the trace
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    total = sum(getattr(e, attr) for e in events)
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return [{"op": e.key, "ms_per_step": getattr(e, attr) / 3 / 1e3,
+             "share": getattr(e, attr) / total} for e in events[:top]]
+
+
 def bench_sampling(study: dict, kind: str, cache, batch, device, cfg: dict) -> dict:
     """Images/s of the study's sampler over its step count, without and with guidance (the
     study's scale, else 1.5), the network in eval mode under the sampling dtype."""
     s = study["sampling"]
     task = make_task(study, kind, cache, device)
     net = task.model.eval()
+    network = compile_network(net, s["compile"], device)
     process = GaussianDiffusion.dit(study["diffusion"]["timesteps"], s["steps"],
                                     study["diffusion"]["learn_sigma"])
     sampler = process.ddpm_sample if s["sampler"] == "ddpm" else process.ddim_sample
@@ -175,7 +201,7 @@ def bench_sampling(study: dict, kind: str, cache, batch, device, cfg: dict) -> d
     scales = {"sample_img_s": 1.0}
     if classes > 1:
         scales["sample_guided_img_s"] = s["cfg_scale"] if s["cfg_scale"] != 1 else 1.5
-    result = {}
+    result = {"sample_network": network}
     for key, scale in scales.items():
         fn = net if scale == 1 else guided(net, classes, scale, s["cfg_channels"])
 
@@ -226,14 +252,15 @@ def bench_features(study: dict, device, cfg: dict) -> dict:
 
 
 def run(study: dict, size: str, batch: int, iters: int = 10, repeats: int = 5,
-        compiled: bool = True) -> dict:
+        compiled: bool = True, profile: bool = False) -> dict:
     """Every figure of the bench, with the settings that made them and the derived ratios."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the runs
         torch.backends.cudnn.allow_tf32 = True
     study = bench_study(study, size)
-    cfg = {"batch": batch, "iters": iters, "repeats": repeats, "compiled": compiled}
+    cfg = {"batch": batch, "iters": iters, "repeats": repeats, "compiled": compiled,
+           "profile": profile}
     bf16 = study["train"]["bf16"] and device.type == "cuda"
     peak, peak_source = peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
     result = {"device": (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -265,9 +292,10 @@ def ratios(models: dict) -> dict:
     out = {"d2it_over_dit_step": dit["train_img_s"] / d2it["train_img_s"],
            "optimised_over_fp32_eager": {k: m["train_img_s"] / m["fp32_eager"]["img_s"]
                                          for k, m in models.items()}}
-    if all("compiled" in m for m in models.values()):
-        out["compiled_over_eager"] = {k: m["compiled"]["img_s"] / m["default"]["img_s"]
-                                      for k, m in models.items()}
+    pairs = {k: (m.get("compiled", m["default"]), m.get("eager", m["default"]))
+             for k, m in models.items() if "compiled" in m or "eager" in m}
+    if pairs:
+        out["compiled_over_eager"] = {k: c["img_s"] / e["img_s"] for k, (c, e) in pairs.items()}
     return out
 
 
@@ -284,6 +312,10 @@ def estimates(study: dict, result: dict) -> dict:
     return out
 
 
+def _cell(values: list[float]) -> str:
+    return f"{values[0]:.1f}" if values else "–"
+
+
 def markdown(result: dict) -> str:
     """The bench as the README's table."""
     lines = [f"`d2it bench` on {result['device']}, torch {result['torch']}, size "
@@ -292,15 +324,18 @@ def markdown(result: dict) -> str:
              f"{result['latent']['channels']}; peak {result['peak_flops'] / 1e12:.1f} TFLOP/s "
              f"({result['peak_source']}); medians of {result['settings']['repeats']} timings",
              "",
-             "| model | params | train img/s (default) | fp32 eager | compiled | MFU | "
+             "| model | params | train img/s: default | fp32 eager | eager | compiled | MFU | "
              "GFLOP/img/step | peak GiB | sample img/s | guided |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, m in result["models"].items():
-        compiled = f"{m['compiled']['img_s']:.1f}" if "compiled" in m else "–"
+        modes = [m[k] for k in ("default", "eager", "compiled") if k in m]
+        eager = [x["img_s"] for x in modes if x["network"] != "compiled"]
+        compiled = [x["img_s"] for x in modes if x["network"] == "compiled"]
+        guided = m.get("sample_guided_img_s", float("nan"))
         lines.append(f"| {kind} | {m['params_M']:.1f} M | {m['train_img_s']:.1f} | "
-                     f"{m['fp32_eager']['img_s']:.1f} | {compiled} | {100 * m['mfu']:.1f} % | "
-                     f"{m['flops_per_img'] / 1e9:.2f} | {m['peak_mem_gib']:.2f} | "
-                     f"{m['sample_img_s']:.1f} | {m.get('sample_guided_img_s', float('nan')):.1f} |")
+                     f"{m['fp32_eager']['img_s']:.1f} | {_cell(eager)} | {_cell(compiled)} | "
+                     f"{100 * m['mfu']:.1f} % | {m['flops_per_img'] / 1e9:.2f} | "
+                     f"{m['peak_mem_gib']:.2f} | {m['sample_img_s']:.1f} | {guided:.1f} |")
     r = result["ratios"]
     lines += ["", f"D²iT / DiT step time: {r['d2it_over_dit_step']:.3f}; default / fp32 eager: "
               + ", ".join(f"{k} {v:.2f}x" for k, v in r["optimised_over_fp32_eager"].items())]
@@ -316,4 +351,10 @@ def markdown(result: dict) -> str:
               "Estimated hours: " + "; ".join(
                   f"{k}: " + ", ".join(f"{name} {h:.3g}" for name, h in e.items())
                   for k, e in result["estimates"].items())]
+    for kind, m in result["models"].items():
+        if "profile" in m:
+            lines += ["", f"Top operators of one default {kind} step:", "",
+                      "| operator | ms / step | share |", "|---|---|---|"]
+            lines += [f"| `{p['op']}` | {p['ms_per_step']:.2f} | {100 * p['share']:.1f} % |"
+                      for p in m["profile"]]
     return "\n".join(lines) + "\n"

@@ -216,7 +216,8 @@ def cmd_bench(args) -> dict | None:
     from d2it.files import write_json_atomic, write_text_atomic
 
     study = _study(args)
-    result = bench.run(study, args.size, args.batch, args.iters, args.repeats, args.compiled)
+    result = bench.run(study, args.size, args.batch, args.iters, args.repeats, args.compiled,
+                       args.profile)
     out = Path(args.out) if args.out else studies.plan(study).results_dir / "bench"
     write_json_atomic(out.with_suffix(".json"), result)
     table = bench.markdown(result)
@@ -346,6 +347,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=5, help="timings; the median is reported")
     sp.add_argument("--no-compiled", dest="compiled", action="store_false",
                     help="skip the compiled training figure where the default runs eager")
+    sp.add_argument("--profile", action="store_true",
+                    help="add the top operators of one default training step per model")
     sp.add_argument("--json", action="store_true", help="print the result as one JSON object")
     sp.add_argument("--out", help="file stem to write .json and .md to "
                                   "(default: results/<study>/bench)")
