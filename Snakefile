@@ -11,6 +11,14 @@ min_version("9.0")
 include: "workflow/rules/common.smk"
 
 
+onstart:
+    # the MLflow store, the study's experiment and its parent run, made once before jobs start
+    # side by side (each job would otherwise race to create them)
+    from d2it import tracking
+
+    tracking.prepare(STUDY["tracking"], STUDY["name"])
+
+
 rule all:
     default_target: True
     input:

@@ -58,9 +58,10 @@ def sync(device: torch.device) -> None:
 
 
 def median_seconds(fn, device: torch.device, iters: int, repeats: int) -> float:
-    """Seconds per call of fn: the median over `repeats` timings of `iters` calls, after a
-    warm-up (kernels chosen, graphs compiled, allocator filled)."""
-    for _ in range(2):
+    """Seconds per call of fn: the median over `repeats` timings of `iters` calls, after as many
+    warm-up calls (kernels chosen, graphs compiled, allocator and thread pools filled: two were
+    too few on CPUs, where identical modes then differed by 10 %)."""
+    for _ in range(max(2, iters)):
         fn()
     times = []
     for _ in range(repeats):

@@ -5,11 +5,16 @@ the JSON file keeps every number.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
+
+from d2it.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,62 @@ def study_parent(client, experiment_id: str, study: str) -> str:
 
 def _experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    if exp:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # noqa: BLE001 - another process created it first (a server's race)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """An exclusive lock around the first use of a sqlite store: MLflow creates and migrates its
+    tables when it first opens the file, and two processes doing so at once break the file for
+    good ("table ... already exists"); a server serialises its own clients."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_study(uri: str, experiment: str, study: str | None):
+    """(client, experiment id, the study's parent run id or None), the store created or migrated
+    and the experiment and parent run got or made one process at a time. HTTP requests give up
+    after 2 retries of 10 s at most, so an unreachable server costs seconds, not minutes."""
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+                       ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+        os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        exp_id = _experiment_id(client, experiment)
+        parent = study_parent(client, exp_id, study) if study else None
+    return client, exp_id, parent
+
+
+def prepare(tracking: dict, study: str) -> None:
+    """Create the store, the study's experiment and its parent run before any job starts (the
+    workflow's onstart); a failure only warns, as in every job."""
+    if not tracking.get("uri"):
+        return
+    try:
+        open_study(tracking["uri"], tracking["experiment"], study)
+    except Exception as e:  # noqa: BLE001 - tracking never stops the workflow
+        log.warning("MLflow store %s not prepared (%s: %s); jobs will retry", tracking["uri"],
+                    type(e).__name__, e)
 
 
 def log_evaluation(tracking: dict, study: str, name: str, params: dict, metrics: dict,
@@ -59,12 +119,9 @@ def log_evaluation(tracking: dict, study: str, name: str, params: dict, metrics:
         return None
     try:
         from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking["uri"])
-        exp_id = _experiment_id(client, tracking["experiment"])
-        tags = {"mlflow.parentRunId": study_parent(client, exp_id, study), "d2it.study": study,
-                "d2it.role": "evaluation"}
+        client, exp_id, parent = open_study(tracking["uri"], tracking["experiment"], study)
+        tags = {"mlflow.parentRunId": parent, "d2it.study": study, "d2it.role": "evaluation"}
         run_id = client.create_run(exp_id, run_name=f"metrics:{name}", tags=tags).info.run_id
         now = int(time.time() * 1000)
         client.log_batch(run_id,
@@ -94,24 +151,31 @@ class Tracker:
                                study)
 
     def _truncate_after(self, step: int) -> None:
-        if self.jsonl.exists():
-            lines = [l for l in self.jsonl.read_text().splitlines()
-                     if l and json.loads(l)["step"] <= step]
-            self.jsonl.write_text("".join(l + "\n" for l in lines))
+        """Keep the lines up to the checkpoint's step (rewritten atomically); a last line cut off
+        by a kill mid-write is dropped, as its step is re-logged."""
+        if not self.jsonl.exists():
+            return
+        kept = []
+        for line in self.jsonl.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record["step"] <= step:
+                kept.append(line)
+        write_text_atomic(self.jsonl, "".join(line + "\n" for line in kept))
 
     def _start_mlflow(self, id_file, uri, experiment, run_name, params, tags, study) -> None:
         try:
             from mlflow.entities import Metric, Param
-            from mlflow.tracking import MlflowClient
 
-            self.client, self._metric = MlflowClient(uri), Metric
+            self.client, exp_id, parent = open_study(uri, experiment, study)
+            self._metric = Metric
             if id_file.exists():
                 self.run_id = id_file.read_text().strip()
                 self.client.update_run(self.run_id, status="RUNNING")
                 return
-            exp_id = _experiment_id(self.client, experiment)
             if study:  # a child of the study's run
-                parent = study_parent(self.client, exp_id, study)
                 tags = {**tags, "mlflow.parentRunId": parent, "d2it.study": study,
                         "d2it.role": "training"}
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id

@@ -50,6 +50,20 @@ def test_existing_dataset_of_other_parameters_is_not_overwritten(tmp_path):
     assert tree_bytes(tmp_path / "s") == before
 
 
+def test_images_without_their_manifest_are_remade_and_other_files_refused(tmp_path):
+    """A forced Snakemake rerun deletes manifest.json before the job: the generator's own images
+    left behind are remade (the same bytes); a folder holding anything else is left untouched."""
+    first = synthesize(tmp_path / "s", seed=0, resolution=32, n_train=10, n_heldout=10)
+    (tmp_path / "s" / "manifest.json").unlink()
+    again = synthesize(tmp_path / "s", seed=0, resolution=32, n_train=10, n_heldout=10)
+    assert [e.sha256 for e in again.files] == [e.sha256 for e in first.files]
+    (tmp_path / "s" / "manifest.json").unlink()
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    with pytest.raises(D2itError, match="is not empty and has no manifest.json"):
+        synthesize(tmp_path / "s", seed=0, resolution=32, n_train=10, n_heldout=10)
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+
+
 def test_center_crop_is_adm_box_halving_then_centre(tmp_path):
     rng = np.random.default_rng(0)
     array = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)

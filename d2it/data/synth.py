@@ -7,6 +7,7 @@ a larger dataset starts with the same images and the same seed gives byte-identi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -105,7 +106,10 @@ def synthesize(out: Path, *, seed: int, resolution: int, n_train: int, n_heldout
             return existing
         raise D2itError(f"{out} holds a dataset made with {existing.generator}, not {params}; "
                         "choose another folder or delete it")
-    if out.exists() and any(out.iterdir()):
+    # A folder of this generator's images without its manifest (removed by a forced Snakemake
+    # rerun, which deletes a job's outputs first) is remade; anything else is refused.
+    earlier = out.exists() and any(out.iterdir())
+    if earlier and not _generated_images_only(out):
         raise D2itError(f"{out} exists, is not empty and has no manifest.json: "
                         "refusing to write into it")
 
@@ -122,7 +126,23 @@ def synthesize(out: Path, *, seed: int, resolution: int, n_train: int, n_heldout
     manifest = Manifest(root=".", classes=list(CLASSES), files=entries, generator=params)
     manifest.save(tmp / "manifest.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
+    if earlier:
+        shutil.rmtree(out)  # this generator's images only, checked above
+    elif out.exists():
         out.rmdir()  # empty, checked above
     os.replace(tmp, out)
     return manifest
+
+
+def _generated_images_only(out: Path) -> bool:
+    """Whether every file under `out` is one this generator writes (split/class/index.png)."""
+    for path in out.rglob("*"):
+        rel = path.relative_to(out).parts
+        if path.is_dir():
+            ok = (len(rel) == 1 and rel[0] in SPLITS) or (len(rel) == 2 and rel[1] in CLASSES)
+        else:
+            ok = (len(rel) == 3 and rel[0] in SPLITS and rel[1] in CLASSES
+                  and re.fullmatch(r"\d{6}\.png", rel[2]) is not None)
+        if not ok:
+            return False
+    return True
