@@ -16,8 +16,12 @@ step() { echo "== $(date +%T) $*"; }
 
 step "bench $size"
 iters=$((steps < 10 ? steps : 10))  # STEPS below 10 shortens the timing too
-d2it bench --size "$size" --batch 32 --iters "$iters" --out "$out/bench-32"
-d2it bench --size "$size" --batch 64 --iters "$iters" --out "$out/bench-64" || echo "batch 64 failed"
+bench() {  # ImageNet-256 geometry; EffNet features (no Inception weights there); 50 steps
+  d2it bench --config config/imagenet256.yaml --set metrics.extractor=effnet \
+    --set sampling.steps=50 --size "$size" --iters "$iters" "$@"
+}
+bench --batch 32 --out "$out/bench-32"
+bench --batch 64 --out "$out/bench-64" || echo "batch 64 failed"
 
 step "config"
 python3 - "$out" "$steps" "$n" <<'PY'

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -115,8 +116,24 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise D2itError(f"--set {item!r}: expected key=value")
-        set_key(config, key, yaml.safe_load(value))
+        set_key(config, key, override_value(item, value))
     return validate(config, source(path, overrides))
+
+
+FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def override_value(item: str, text: str):
+    """The value of `--set key=value` as YAML reads it, except that a number as a person types it
+    is one: YAML 1.1 reads 1e-3 (no dot) as a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise D2itError(f"--set {item}: the value is not valid YAML ({problem})") from None
+    if isinstance(value, str) and FLOAT.fullmatch(text.strip()):
+        return float(text)
+    return value
 
 
 def digest(obj) -> str:

@@ -174,17 +174,20 @@ class Checkpoints:
 
 @dataclass
 class _Signals:
-    """SIGTERM / SIGUSR1 (SLURM pre-emption) ask for a checkpoint, then exit."""
+    """SIGTERM / SIGUSR1 (SLURM pre-emption) and SIGINT (Ctrl-C) ask for a checkpoint, then
+    exit; a second Ctrl-C interrupts at once."""
     received: int | None = None
     _old: dict = field(default_factory=dict)
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.received = signum
+        if signum == signal.SIGINT:
+            signal.signal(signum, self._old[signum])
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():

@@ -94,6 +94,15 @@ def test_unknown_override_and_inconsistent_region():
         study.load(CPU, ["grain.region=8"])
 
 
+def test_overrides_read_numbers_as_typed_and_name_bad_yaml():
+    """YAML 1.1 reads 1e-3 as a string; a person means the number. A broken value is one line."""
+    loaded = study.load(CPU, ["dvae.train.lr=1e-3", "train.lr=2E-4", "sampling.n=12"])
+    assert loaded["dvae"]["train"]["lr"] == 0.001 and loaded["train"]["lr"] == 2e-4
+    assert loaded["sampling"]["n"] == 12
+    with pytest.raises(D2itError, match=r"^--set sampling\.seeds=\[1: the value is not valid YAML"):
+        study.load(CPU, ["sampling.seeds=[1"])
+
+
 def test_cli_reports_one_line_error_and_exit_code_2(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: t\ndvae: {preset: huge}\n")

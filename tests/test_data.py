@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from d2it.data.folder import ImageFolderDataset, center_crop, prepare
+from d2it.data.folder import ImageFolderDataset, center_crop, prepare, read_image
 from d2it.data.manifest import Manifest
 from d2it.data.synth import CLASSES, synthesize
 from d2it.errors import D2itError
@@ -91,6 +91,35 @@ def test_prepare_flat_and_class_folders(tmp_path):
     ds = ImageFolderDataset(Manifest.load(tmp_path / "imnet.json"), "train", 16)
     image, label = ds[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 16, 16) and label in (0, 1)
+
+
+def test_sixteen_bit_and_other_modes_are_read_as_their_pixels(tmp_path, caplog):
+    """A 16-bit grey gradient keeps its brightness (convert("RGB") clipped it to near-white);
+    L, RGBA, P and CMYK convert as PIL does, prepare says what it converted and warns when no
+    image fell in the held-out split; 32-bit float images are refused by name."""
+    import logging
+
+    gradient = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (8, 1))
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(gradient).save(folder / "a16.png")
+    assert Image.open(folder / "a16.png").mode.startswith("I;16")
+    Image.new("L", (20, 20), 100).save(folder / "b.png")
+    Image.new("RGBA", (20, 20), (10, 20, 30, 0)).save(folder / "c.png")
+    Image.new("P", (20, 20), 3).save(folder / "d.png")
+    Image.new("CMYK", (20, 20), (0, 0, 0, 0)).save(folder / "e.jpg")
+    grey = np.asarray(read_image(folder / "a16.png"))
+    assert grey.shape == (8, 64, 3) and abs(grey.mean() - 127.5) < 0.5
+    assert np.abs(grey[0, :, 0] - np.linspace(0, 255, 64)).max() <= 0.51
+    assert np.asarray(read_image(folder / "c.png"))[0, 0].tolist() == [10, 20, 30]
+    with caplog.at_level(logging.INFO, logger="d2it.data.folder"):
+        prepare(folder, tmp_path / "m.json", heldout_fraction=0.01)
+    assert "1 CMYK, 1 I;16 (16-bit, scaled by 1/257), 1 L, 1 P (palette), 1 RGBA (alpha dropped)" \
+        in caplog.text
+    assert "none of the 5 images fell in the held-out split" in caplog.text
+    Image.fromarray(np.ones((4, 4), dtype=np.float32)).save(tmp_path / "f.tiff")
+    with pytest.raises(D2itError, match=r"f\.tiff: mode F \(32-bit float\) has no defined range"):
+        read_image(tmp_path / "f.tiff")
 
 
 def test_truncated_png_is_named(tmp_path):

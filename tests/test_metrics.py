@@ -131,6 +131,22 @@ def test_reference_statistics_are_computed_once(images, effnet_extractor, tmp_pa
             and again["n"] == 80)
 
 
+def test_missing_or_single_samples_are_named_before_any_work(dataset, images, tmp_path):
+    """A missing file is named before the reference statistics are computed (minutes at paper
+    scale); one sample, whose covariance does not exist, is one error rather than LinAlgError."""
+    from d2it.metrics.job import evaluate_samples
+
+    cfg = config.validate({"name": "t", "data": {"manifest": str(dataset), "resolution": 32},
+                           "grain": {"region": 4}, "dvae": {"preset": "tiny"},
+                           "metrics": {"reference_dir": str(tmp_path / "ref")}})
+    with pytest.raises(D2itError, match=r"nope\.npz: no such sample file or folder"):
+        evaluate_samples(cfg, [tmp_path / "nope.npz"], tmp_path / "m.json")
+    assert not (tmp_path / "ref").exists()
+    np.savez(tmp_path / "one.npz", arr_0=images[:1].permute(0, 2, 3, 1).numpy())
+    with pytest.raises(D2itError, match=r"one\.npz: holds 1 sample\(s\); FD .* need 2"):
+        evaluate_samples(cfg, [tmp_path / "one.npz"], tmp_path / "m.json")
+
+
 def test_metrics_cli_runs_offline(dataset, images, features, tmp_path):
     np.savez(tmp_path / "s.npz", arr_0=images[:60].permute(0, 2, 3, 1).numpy())
     cfg = config.validate({"name": "t", "data": {"manifest": str(dataset), "resolution": 32},

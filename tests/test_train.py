@@ -96,10 +96,11 @@ def test_sigkill_then_rerun_gives_bit_identical_weights(job, reference_run, tmp_
     assert steps == list(range(5, 41, 5))  # re-logged steps replaced, none doubled
 
 
-def test_sigterm_checkpoints_and_exits(job, reference_run, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_checkpoint_and_exit(job, reference_run, tmp_path, sig):
     out = tmp_path / "preempted"
-    proc = start_and_stop_at_first_checkpoint(job, out, signal.SIGTERM)
-    assert proc.returncode == 128 + signal.SIGTERM
+    proc = start_and_stop_at_first_checkpoint(job, out, sig)
+    assert proc.returncode == 128 + sig
     assert "checkpoint at step" in proc.stderr.read().decode()
     proc = subprocess.run(train_cmd(job, out), capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

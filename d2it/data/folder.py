@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ from tqdm import tqdm
 from d2it.data.manifest import Manifest, ManifestEntry
 from d2it.files import sha256_file
 from d2it.errors import D2itError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -29,13 +33,31 @@ def center_crop(image: Image.Image, resolution: int) -> np.ndarray:
     return array[top:top + resolution, left:left + resolution]
 
 
-def read_image(path: Path) -> Image.Image:
-    """Decode fully, so a truncated or corrupt file fails here with its name, not later."""
+# 16-bit grey PNGs: PIL's convert("RGB") clips them at 255 (near-white); scale 65535 -> 255.
+SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def decode(path: Path) -> tuple[Image.Image, str]:
+    """(RGB image, the file's own mode), decoded fully, so a truncated or corrupt file fails here
+    with its name, not later. 16-bit grey is scaled to 8 bits; 32-bit integer or float images,
+    whose range no convention fixes, are refused by name."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            mode = image.mode
+            if mode in SIXTEEN_BIT:
+                grey = np.round(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8)
+                return Image.fromarray(grey).convert("RGB"), mode
+            if mode in ("I", "F"):
+                raise D2itError(f"{path}: mode {mode} (32-bit {'integer' if mode == 'I' else 'float'}"
+                                ") has no defined range; save it with 8 or 16 bits per channel")
+            return image.convert("RGB"), mode
     except (OSError, SyntaxError, ValueError) as e:
         raise D2itError(f"{path}: cannot read image ({e})") from None
+
+
+def read_image(path: Path) -> Image.Image:
+    return decode(path)[0]
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -92,13 +114,25 @@ def prepare(src: Path, out: Path, heldout_fraction: float) -> Manifest:
     if nested and any(p.parent == src for p in files):
         raise D2itError(f"{src}: mixes images at the top level with class sub-folders")
     classes = sorted({p.relative_to(src).parts[0] for p in files}) if nested else [src.name]
-    entries = []
+    entries, converted = [], Counter()
     for p in tqdm(files, desc=f"prepare {src.name}", unit="img"):
-        read_image(p)
+        mode = decode(p)[1]
+        if mode != "RGB":
+            converted[mode] += 1
         rel = p.relative_to(src).as_posix()
         label = classes.index(rel.split("/")[0]) if nested else 0
         split = "heldout" if _in_heldout(rel, heldout_fraction) else "train"
         entries.append(ManifestEntry(rel, label, split, sha256_file(p)))
+    if converted:
+        log.info("%s: read as RGB: %s", src, ", ".join(
+            f"{n} {mode}{CONVERSIONS.get(mode, '')}" for mode, n in sorted(converted.items())))
+    if heldout_fraction > 0 and not any(e.split == "heldout" for e in entries):
+        log.warning("%s: none of the %d images fell in the held-out split (fraction %g): held-out "
+                    "metrics will have nothing to read", src, len(entries), heldout_fraction)
     manifest = Manifest(root=str(src), classes=classes, files=entries)
     manifest.save(out)
     return manifest
+
+
+CONVERSIONS = {"RGBA": " (alpha dropped)", "LA": " (alpha dropped)", "P": " (palette)",
+               **{mode: " (16-bit, scaled by 1/257)" for mode in SIXTEEN_BIT}}

@@ -32,6 +32,9 @@ def load_samples(path: Path, n: int | None) -> torch.Tensor:
             raise D2itError(f"{path}: not a sample file with arr_0 ({e})") from None
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise D2itError(f"{path}: images must be uint8 N x H x W x 3, got {arr.dtype} {arr.shape}")
+    if len(arr) < 2:
+        raise D2itError(f"{path}: holds {len(arr)} sample(s); FD and the other metrics need 2 at "
+                        "least")
     if n is not None and len(arr) < n:
         raise D2itError(f"{path}: holds {len(arr)} samples, metrics.n_samples asks for {n}")
     return torch.from_numpy(arr[:n]).permute(0, 3, 1, 2).contiguous()
@@ -93,6 +96,9 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
     """Metrics of one sample set, or of several (e.g. one per seed): then each set's values and, per
     metric, their mean and standard deviation across sets."""
     cfg = config["metrics"]
+    missing = [str(p) for p in samples if not Path(p).exists()]
+    if missing:  # before the reference statistics, which may take minutes
+        raise D2itError(f"{', '.join(missing)}: no such sample file or folder")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     extractor = resolve(cfg)
     ref = reference(config, extractor, device)
