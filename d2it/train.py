@@ -9,11 +9,13 @@ same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import random
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -142,6 +144,27 @@ def claim_run_dir(out: Path, record: dict, write: bool = True) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"digest": digest(claim),
                                  "identity_digest": digest(record["identity"]), "record": record})
+
+
+def lock_run_dir(out: Path):
+    """An exclusive lock on a run folder for as long as the returned file stays open: a second
+    trainer in the same folder (after a stale Snakemake lock and --unlock, or a SLURM requeue
+    while the old job still runs) is refused instead of interleaving with the first. The kernel
+    drops the lock with its process, so a killed or requeued job never leaves a stale one."""
+    lock = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise D2itError(f"{out}: {holder} is training in this folder; wait for it to end or "
+                        "stop it") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    lock.flush()
+    return lock
 
 
 @dataclass
@@ -368,6 +391,7 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     out, dist = Path(out), Distributed()
     batch_gpu, rounds = batch_split(cfg["batch_size"], cfg["batch_gpu"], dist.world)
     claim_run_dir(out, record, write=dist.main)
+    lock = lock_run_dir(out) if dist.main else None  # held until this function returns
     dist.barrier()
     ckpts = Checkpoints(out / "checkpoints", cfg["keep_ckpts"])
     if dist.main:
@@ -500,6 +524,8 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     finally:
         if status != "FINISHED":
             tracker.finish(status)
+            if lock:
+                lock.close()  # not when the traceback's frames are freed
 
     lines = tracker.jsonl.read_text().splitlines() if tracker.jsonl.exists() else []
     final_log = json.loads(lines[-1]) if lines else {}
@@ -516,6 +542,8 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
         write_json_atomic(out / "summary.json", summary)
         tracker.finish()
     dist.barrier()
+    if lock:
+        lock.close()
     return summary
 
 

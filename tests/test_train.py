@@ -166,6 +166,27 @@ def test_nan_before_any_checkpoint_says_so(tmp_path):
               {"uri": None, "experiment": "t"}, seed=0)
 
 
+def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
+    """While one process trains in a folder (its lock held), another is refused by name and
+    writes nothing; once the first has ended, the folder trains (and resumes) again."""
+    from d2it.train import lock_run_dir
+
+    record = {"identity": {"toy": 1}}
+    train(ToyTask(), toy_cfg(steps=2), tmp_path, record, {"uri": None, "experiment": "t"},
+          seed=0)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    held = lock_run_dir(tmp_path)  # as the first trainer would, from another open file
+    with pytest.raises(D2itError, match=rf"{tmp_path}: pid {os.getpid()} on .* is training in "
+                                        "this folder"):
+        train(ToyTask(), toy_cfg(steps=4), tmp_path, record, {"uri": None, "experiment": "t"},
+              seed=0)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    held.close()
+    summary = train(ToyTask(), toy_cfg(steps=4), tmp_path, record,
+                    {"uri": None, "experiment": "t"}, seed=0)
+    assert summary["steps"] == 4
+
+
 def test_training_step_does_not_wait_for_the_device_between_logging_steps(tmp_path,
                                                                           monkeypatch):
     """The host reads computed values (Tensor.item / tolist / __bool__ of float or bool
