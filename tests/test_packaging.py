@@ -17,6 +17,7 @@ def test_environment_yml_mirrors_pyproject():
 
 def test_ci_runs_the_readme_commands():
     readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
-    for command in ("python3 -m venv .venv && . .venv/bin/activate && pip install -e .",
+    install = "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[test]'"
+    for command in (install,
                     "pytest -q"):
         assert command in readme and command in ci
