@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import pickle
 import random
 import signal
 import socket
@@ -558,7 +559,18 @@ def load_snapshot(out: Path, step: int) -> dict:
         kept = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("ema-*.pt"))
         raise D2itError(f"{out}: no weights kept at step {step} (kept: {kept or 'none'}); a run "
                         "keeps the steps its study named when it trained: retrain it")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load_weights(path, weights_only=True)
+
+
+def _load_weights(path: Path, weights_only: bool):
+    """torch.load of a run's file, whose damage (truncated by a kill or a full disk, or not a
+    torch file) is one error naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise D2itError(f"{path}: unreadable ({reason}); retrain the run or restore the "
+                        "file") from None
 
 
 def load_final(out: Path, ema: bool = True) -> tuple[dict, dict]:
@@ -566,5 +578,7 @@ def load_final(out: Path, ema: bool = True) -> tuple[dict, dict]:
     path = Path(out) / "final.pt"
     if not path.exists():
         raise D2itError(f"{out}: no final.pt (is the training finished?)")
-    final = torch.load(path, map_location="cpu", weights_only=False)
+    final = _load_weights(path, weights_only=False)
+    if not isinstance(final, dict) or not {"model", "ema", "run"} <= final.keys():
+        raise D2itError(f"{path}: not a final.pt of this harness (no model, ema and run record)")
     return (final["ema"] if ema and final["ema"] is not None else final["model"]), final["run"]

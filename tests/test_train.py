@@ -187,6 +187,20 @@ def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
     assert summary["steps"] == 4
 
 
+def test_a_truncated_final_pt_is_one_error_naming_it(tmp_path):
+    """A final.pt cut short (a kill or a full disk while it was copied) is named by the commands
+    that read it, in one line, without a traceback."""
+    train(ToyTask(), toy_cfg(steps=2), tmp_path, {"identity": {"toy": 1}},
+          {"uri": None, "experiment": "t"}, seed=0)
+    final = tmp_path / "final.pt"
+    final.write_bytes(final.read_bytes()[:len(final.read_bytes()) // 2])
+    proc = run_cli("sample", "--run-dir", tmp_path, "--out", tmp_path / "s.npz")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"d2it: error: {final}: unreadable (")
+    assert line.endswith("retrain the run or restore the file")
+
+
 def test_training_step_does_not_wait_for_the_device_between_logging_steps(tmp_path,
                                                                           monkeypatch):
     """The host reads computed values (Tensor.item / tolist / __bool__ of float or bool
