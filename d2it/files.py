@@ -1,4 +1,5 @@
-"""Files written so that a reader never sees half of one, and file digests."""
+"""Files written so that a reader never sees half of one, JSON read with one clear error, and
+file digests."""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +7,8 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
+
+from d2it.errors import D2itError
 
 
 @contextmanager
@@ -32,6 +35,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path, what: str, hint: str = ""):
+    """The JSON object (a dict) in `path`; a missing, cut-short or other file is one D2itError
+    naming it as `what` (e.g. "grain thresholds file"), with `hint` saying how to make one."""
+    path = Path(path)
+    suffix = f"; {hint}" if hint else ""
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise D2itError(f"{path}: {what} not found{suffix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise D2itError(f"{path}: not a {what} ({e}){suffix}") from None
+    if not isinstance(obj, dict):
+        raise D2itError(f"{path}: not a {what} (a JSON {type(obj).__name__}, not an object)"
+                        f"{suffix}")
+    return obj
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

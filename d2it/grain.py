@@ -6,15 +6,14 @@ density of its grey values in [-1, 1], evaluated at uniform bins and normalised 
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from d2it.errors import D2itError
+from d2it.files import read_json
 
 GREY = (0.2989, 0.5870, 0.1140)  # ITU-R 601 luma, as DQ-VAE
 PERCENTILES = np.linspace(0, 100, 1001)  # the stored table; other ratios interpolate
@@ -97,11 +96,7 @@ def merge(fine: torch.Tensor, coarse: torch.Tensor, grain: torch.Tensor) -> torc
 
 def load_thresholds(path, dataset_digest: str) -> dict:
     """A percentile table from `d2it grain thresholds`, checked to belong to this dataset."""
-    path = Path(path)
-    if not path.exists():
-        raise D2itError(f"{path}: grain thresholds not found "
-                        "(make them with `d2it grain thresholds`)")
-    table = json.loads(path.read_text())
+    table = read_json(path, "grain thresholds file", "make one with `d2it grain thresholds`")
     if table.get("dataset") != dataset_digest:
         raise D2itError(f"{path}: thresholds were computed on another dataset "
                         "than the configured manifest")

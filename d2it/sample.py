@@ -25,7 +25,8 @@ from d2it.report.figures import write_grid
 from d2it.rng import generator
 from d2it.stage1 import load_dvae, to_uint8
 from d2it.study import SAMPLE_IDENTITY, grain_maps_of
-from d2it.train import Distributed, autocast, compile_network, load_final, load_snapshot
+from d2it.train import (Distributed, autocast, compile_network, fit_weights, load_final,
+                        load_snapshot, snapshot_path)
 
 SETTINGS = (*SAMPLE_IDENTITY, "batch_size", "compile")  # compile: how, not what
 
@@ -42,10 +43,12 @@ def load_stage2(run_dir: Path, kinds: tuple[str, ...],
     kind = record.get("arch", {}).get("kind")
     if kind not in kinds:
         raise D2itError(f"{run_dir}: a {kind or 'pre-study'} run, expected {' or '.join(kinds)}")
+    path = Path(run_dir) / "final.pt"
     if at_step is not None:
         weights = load_snapshot(run_dir, at_step)
+        path = snapshot_path(run_dir, at_step)
     model = build(record["arch"])
-    model.load_state_dict(weights)
+    fit_weights(model, weights, path, kind)
     return model.eval(), record
 
 

@@ -21,7 +21,7 @@ from d2it.metrics.extractors import metric_key, resolve
 from d2it.models import build, dvae_architecture
 from d2it.models.patchgan import adaptive_weight, hinge_d_loss
 from d2it.study import dvae_identity
-from d2it.train import load_final, seed_all, train
+from d2it.train import fit_weights, load_final, seed_all, train
 
 
 def run_record(study: dict, fine_ratio: float, seed: int) -> dict:
@@ -30,9 +30,7 @@ def run_record(study: dict, fine_ratio: float, seed: int) -> dict:
     refused)."""
     manifest = Manifest.load(study["data"]["manifest"])
     thresholds = Path(study["grain"]["thresholds"])
-    if not thresholds.exists():
-        raise D2itError(f"{thresholds}: grain thresholds not found (make them with "
-                        "`d2it grain thresholds`)")
+    load_thresholds(thresholds, manifest.digest())  # checked before the run folder is made
     arch = dvae_architecture(study["dvae"]["preset"], study["data"]["resolution"], fine_ratio)
     return {"identity": dvae_identity(study, fine_ratio, seed), "arch": arch,
             "inputs": {"dataset_digest": manifest.digest(),
@@ -132,7 +130,7 @@ def load_dvae(run_dir: Path) -> tuple[torch.nn.Module, dict]:
         raise D2itError(f"{run_dir}: not a DVAE run (its final.pt holds a "
                         f"{record.get('arch', {}).get('kind', 'pre-study')} model)")
     model = build(record["arch"])
-    model.load_state_dict(weights)
+    fit_weights(model, weights, Path(run_dir) / "final.pt", "dvae")
     return model.eval(), record
 
 

@@ -573,6 +573,19 @@ def _load_weights(path: Path, weights_only: bool):
                         "file") from None
 
 
+def fit_weights(model: torch.nn.Module, weights: dict, path: Path, kind: str) -> None:
+    """Load `weights` (read from `path`) into `model`, built from the run's record; weights of
+    another network (a file swapped or edited) are one error naming the file."""
+    own = model.state_dict()
+    wrong = sorted(k for k in own.keys() | weights.keys()
+                   if k not in own or k not in weights or own[k].shape != weights[k].shape)
+    if wrong:
+        raise D2itError(f"{path}: its weights do not fit the {kind} network its record describes "
+                        f"({len(wrong)} tensors missing, extra or of another shape, e.g. "
+                        f"{wrong[0]}); retrain the run or restore the file")
+    model.load_state_dict(weights)
+
+
 def load_final(out: Path, ema: bool = True) -> tuple[dict, dict]:
     """(weights, run record) of a finished run; the EMA weights where the run kept them."""
     path = Path(out) / "final.pt"

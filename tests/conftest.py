@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,3 +51,19 @@ def latent_cache(trained) -> Path:
     study, plan, run = trained
     encode_latents(study, run.folder, run.folder / "latents")
     return run.folder / "latents"
+
+
+@pytest.fixture(scope="session")
+def models(trained, latent_cache):
+    """Tiny DiT, D²iT and grain models trained a few steps on the cache (wiring, not quality):
+    {kind: run folder}. Shared: tests that break a run copy it first."""
+    from d2it.stage2 import train_model
+
+    study, plan, _ = trained
+    runs = {"dit": plan.model("dit", 0), "d2it": plan.model("d2it", 0),
+            "grain": plan.model("dgt", 0, 0.5)}
+    for kind, run in runs.items():
+        summary = train_model(study, run.spec, 0, latent_cache, run.folder,
+                              0.5 if kind == "grain" else None)
+        assert summary["steps"] == 3 and np.isfinite(summary["final"]["loss"])
+    return {kind: run.folder for kind, run in runs.items()}

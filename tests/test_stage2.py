@@ -17,20 +17,6 @@ from d2it.stage2 import D2iTTask, train_model
 from d2it.train import Shard
 
 
-@pytest.fixture(scope="module")
-def models(trained, latent_cache):
-    """Tiny DiT, D²iT and grain models trained a few steps on the cache (wiring, not quality):
-    {kind: run folder}."""
-    study, plan, _ = trained
-    runs = {"dit": plan.model("dit", 0), "d2it": plan.model("d2it", 0),
-            "grain": plan.model("dgt", 0, 0.5)}
-    for kind, run in runs.items():
-        summary = train_model(study, run.spec, 0, latent_cache, run.folder,
-                              0.5 if kind == "grain" else None)
-        assert summary["steps"] == 3 and np.isfinite(summary["final"]["loss"])
-    return {kind: run.folder for kind, run in runs.items()}
-
-
 def settings(study, **changes):
     return {**study["sampling"], "classes": None, **changes}
 

@@ -93,8 +93,14 @@ class RowFile:
                             "re-encode with `d2it encode`") from None
         if fortran:
             raise D2itError(f"{self.path}: Fortran-ordered array; re-encode with `d2it encode`")
+        self.rows = shape[0]
         self.row_shape = shape[1:]
         self.row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape))
+        size = self.path.stat().st_size
+        if size < self.offset + self.rows * self.row_bytes:  # cut short by a kill or a full disk
+            raise D2itError(f"{self.path}: truncated ({size} of "
+                            f"{self.offset + self.rows * self.row_bytes} bytes); "
+                            "re-encode with `d2it encode`")
         self.fd, self.pid = None, None
 
     def read(self, rows) -> np.ndarray:
@@ -116,6 +122,10 @@ class LatentDataset(torch.utils.data.Dataset):
         self.folder, self.split = Path(folder), split
         self.length = LatentCache(folder).meta["counts"][split]
         self.files = [RowFile(self.folder / f"{split}_{what}.npy") for what in ARRAYS]
+        for file in self.files:
+            if file.rows != self.length:
+                raise D2itError(f"{file.path}: {file.rows} rows, meta.json says {self.length}; "
+                                "re-encode with `d2it encode`")
 
     def __len__(self) -> int:
         return self.length

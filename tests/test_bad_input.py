@@ -1,0 +1,138 @@
+"""Bad input to the CLI: one line `d2it: error: <cause>` naming the file or key, exit code 2, no
+traceback, and nothing the command read is changed. Each case breaks a copy of a tiny run."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from d2it.cli import main
+from d2it.data.manifest import Manifest
+
+
+@pytest.fixture
+def config(trained, tmp_path):
+    """The tiny study as a YAML file for `--config`."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(trained[0]))
+    return path
+
+
+def copy(folder, tmp_path, name):
+    target = tmp_path / name
+    shutil.copytree(folder, target)
+    return target
+
+
+def snapshot(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def one_error(capsys, *argv) -> str:
+    """The message of the one error line the command printed (asserting it is only that)."""
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "error" in x]  # beside logs and progress bars
+    assert line.startswith("d2it: error: ") and err.endswith(line)
+    return line.removeprefix("d2it: error: ")
+
+
+def cut_in_half(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize("what", ["latents", "grain", "labels"])
+def test_a_truncated_latent_array_is_named(config, latent_cache, capsys, tmp_path, what):
+    cache = copy(latent_cache, tmp_path, "latents")
+    array = cache / f"train_{what}.npy"
+    cut_in_half(array)
+    before = snapshot(cache)
+    message = one_error(capsys, "train", "model", "--config", config, "--spec", "dit",
+                        "--latents", cache, "--out", tmp_path / "run")
+    assert message.startswith(f"{array}: truncated (")
+    assert message.endswith("re-encode with `d2it encode`")
+    assert snapshot(cache) == before
+
+
+def test_a_latent_array_of_another_length_than_its_meta_is_named(config, latent_cache, capsys,
+                                                                  tmp_path):
+    cache = copy(latent_cache, tmp_path, "latents")
+    array = cache / "train_labels.npy"
+    np.save(array, np.load(array)[:-1])
+    message = one_error(capsys, "train", "model", "--config", config, "--spec", "dit",
+                        "--latents", cache, "--out", tmp_path / "run")
+    assert message.startswith(f"{array}: ")
+    assert "rows, meta.json says" in message
+
+
+def test_a_truncated_cache_meta_is_named(config, latent_cache, capsys, tmp_path):
+    cache = copy(latent_cache, tmp_path, "latents")
+    cut_in_half(cache / "meta.json")
+    message = one_error(capsys, "train", "model", "--config", config, "--spec", "dit",
+                        "--latents", cache, "--out", tmp_path / "run")
+    assert message.startswith(f"{cache / 'meta.json'}: not a latent cache's meta.json (")
+
+
+@pytest.mark.parametrize("content", ["half", "list"])
+def test_a_broken_thresholds_file_is_named(trained, capsys, tmp_path, content):
+    study = trained[0]
+    thresholds = tmp_path / "thresholds.json"
+    shutil.copy(study["grain"]["thresholds"], thresholds)
+    if content == "half":
+        cut_in_half(thresholds)
+    else:
+        thresholds.write_text("[1, 2]\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**study, "grain": {**study["grain"],
+                                                         "thresholds": str(thresholds)}}))
+    message = one_error(capsys, "train", "dvae", "--config", config, "--out", tmp_path / "run")
+    assert message.startswith(f"{thresholds}: not a grain thresholds file (")
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
+def test_runs_of_the_wrong_kind_are_named(config, trained, models, capsys, tmp_path):
+    dvae = trained[2].folder
+    message = one_error(capsys, "sample", "--config", config, "--run-dir", dvae,
+                        "--out", tmp_path / "s.npz")
+    assert message == f"{dvae}: a dvae run, expected dit or d2it"
+    message = one_error(capsys, "sample", "--config", config, "--run-dir", models["d2it"],
+                        "--grain-run", models["dit"], "--out", tmp_path / "s.npz")
+    assert message == f"{models['dit']}: a dit run, expected grain"
+    message = one_error(capsys, "encode", "--config", config, "--run-dir", models["dit"],
+                        "--out", tmp_path / "latents")
+    assert message.startswith(f"{models['dit']}: not a DVAE run")
+    assert not list(tmp_path.glob("s*.npz")) and not (tmp_path / "latents").exists()
+
+
+def test_weights_that_do_not_fit_the_recorded_network_are_named(config, models, capsys, tmp_path):
+    """A final.pt whose weights belong to another network (a grain model's, here) than its record
+    describes: named, not a 50-line `size mismatch` from load_state_dict."""
+    run = copy(models["dit"], tmp_path, "dit")
+    final = torch.load(run / "final.pt", weights_only=False)
+    other = torch.load(models["grain"] / "final.pt", weights_only=False)
+    torch.save({**final, "ema": other["ema"]}, run / "final.pt")
+    message = one_error(capsys, "sample", "--config", config, "--run-dir", run,
+                        "--out", tmp_path / "s.npz")
+    assert message.startswith(f"{run / 'final.pt'}: its weights do not fit the dit network")
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line(trained, capsys, tmp_path):
+    """A truncated image read by a worker process: the worker's message, not its traceback."""
+    study = trained[0]
+    data = tmp_path / "data"
+    shutil.copytree(Path(study["data"]["manifest"]).parent, data)
+    manifest = data / "manifest.json"
+    broken = data / Manifest.load(manifest).split("train")[0].path
+    cut_in_half(broken)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**study, "data": {**study["data"], "manifest": str(manifest),
+                                                        "num_workers": 1}}))
+    message = one_error(capsys, "grain", "thresholds", "--config", config,
+                        "--out", tmp_path / "t.json")
+    assert message.startswith(f"{broken}: ")
+    assert not (tmp_path / "t.json").exists()
