@@ -29,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from d2it.config import digest
-from d2it.files import atomic, write_json_atomic
+from d2it.files import atomic, read_json, write_json_atomic
 from d2it.errors import D2itError
 from d2it.rng import generator
 from d2it.tracking import Tracker, git_commit
@@ -133,7 +133,7 @@ def claim_run_dir(out: Path, record: dict, write: bool = True) -> None:
     claim = {"identity": record["identity"], "inputs": record.get("inputs", {})}
     path = out / "run.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path, "run record", "move the folder away to start the run afresh")
         if old.get("digest") != digest(claim):
             before = old.get("record", {})
             before = {"identity": before.get("identity"), "inputs": before.get("inputs", {})}

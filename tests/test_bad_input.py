@@ -136,3 +136,27 @@ def test_an_error_in_a_dataloader_worker_is_one_line(trained, capsys, tmp_path):
                         "--out", tmp_path / "t.json")
     assert message.startswith(f"{broken}: ")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_a_truncated_manifest_is_named(trained, capsys, tmp_path):
+    study = trained[0]
+    manifest = tmp_path / "manifest.json"
+    shutil.copy(study["data"]["manifest"], manifest)
+    cut_in_half(manifest)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**study, "data": {**study["data"],
+                                                        "manifest": str(manifest)}}))
+    message = one_error(capsys, "grain", "thresholds", "--config", config,
+                        "--out", tmp_path / "t.json")
+    assert message.startswith(f"{manifest}: not a manifest (")
+    assert message.endswith("make one with `d2it data synth` or `d2it data prepare`")
+
+
+def test_a_truncated_run_record_is_named_and_the_run_kept(config, models, capsys, tmp_path):
+    run = copy(models["dit"], tmp_path, "dit")
+    cut_in_half(run / "run.json")
+    before = snapshot(run)
+    message = one_error(capsys, "train", "model", "--config", config, "--spec", "dit",
+                        "--out", run)
+    assert message.startswith(f"{run / 'run.json'}: not a run record (")
+    assert snapshot(run) == before

@@ -11,7 +11,6 @@ reads the small meta.json to learn everything about them, and reads only the row
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from d2it.files import write_json_atomic
 from d2it.errors import D2itError
+from d2it.files import read_json, write_json_atomic
 
 FORMAT = "d2it-latents/2"
 SPLITS = ("train", "heldout")
@@ -33,13 +32,9 @@ class LatentCache:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         path = self.folder / "meta.json"
-        try:
-            self.meta = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise D2itError(f"{self.folder}: no latent cache "
-                            "(make it with `d2it encode`)") from None
-        except json.JSONDecodeError as e:
-            raise D2itError(f"{path}: not a latent cache's meta.json ({e})") from None
+        if not path.is_file():
+            raise D2itError(f"{self.folder}: no latent cache (make it with `d2it encode`)")
+        self.meta = read_json(path, "latent cache's meta.json", "re-encode with `d2it encode`")
         if self.meta.get("format") != FORMAT:
             raise D2itError(f"{path}: format {self.meta.get('format')!r}, expected {FORMAT!r} "
                             "(re-encode with `d2it encode`)")

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from d2it.errors import D2itError
-from d2it.files import write_json_atomic
+from d2it.files import read_json, write_json_atomic
 
 FORMAT = "d2it-manifest/1"
 
@@ -36,13 +35,7 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> "Manifest":
         path = Path(path)
-        try:
-            obj = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise D2itError(f"{path}: manifest not found "
-                            "(make it with `d2it data synth` or `d2it data prepare`)")
-        except json.JSONDecodeError as e:
-            raise D2itError(f"{path}: not a valid manifest ({e})")
+        obj = read_json(path, "manifest", "make one with `d2it data synth` or `d2it data prepare`")
         if obj.get("format") != FORMAT:
             raise D2itError(f"{path}: format {obj.get('format')!r}, expected {FORMAT!r}")
         files = [ManifestEntry(**e) for e in obj["files"]]

@@ -3,7 +3,6 @@ fine-grain ratios), Fig. 6 (FD and the class score over training steps) and the 
 against the ground truth."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -15,13 +14,13 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from d2it.errors import D2itError  # noqa: E402
-from d2it.files import atomic, write_text_atomic  # noqa: E402
+from d2it.files import atomic, read_json, write_text_atomic  # noqa: E402
 
 
 def _metrics(path: Path, what: str) -> dict:
     if not path.is_file():
         raise D2itError(f"{what}: no metrics {path} (run the study's metrics jobs)")
-    return json.loads(path.read_text())
+    return read_json(path, "metrics file", "rerun its `d2it metrics` job")
 
 
 def _sample_metrics(ss) -> dict:

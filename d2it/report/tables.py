@@ -2,14 +2,13 @@
 the paper's column names, ours under keys that name their protocol (e.g. fd_effnet_1k)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from d2it.errors import D2itError
+from d2it.files import read_json
 
 PAPER = yaml.safe_load(Path(__file__).with_name("paper.yaml").read_text(encoding="utf-8"))
 # What the paper's FID / IS / Precision / Recall measure, and the class score where measured.
@@ -26,7 +25,7 @@ def _metrics(path: Path, table: str, row_id: str) -> dict:
     if not path.is_file():
         raise D2itError(f"{table}: no metrics {path} for row {row_id!r} "
                         "(run `d2it metrics` on its samples)")
-    return json.loads(path.read_text())
+    return read_json(path, "metrics file", "rerun its `d2it metrics` job")
 
 
 def paper_table(plan, table: str) -> pd.DataFrame:
