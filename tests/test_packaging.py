@@ -1,4 +1,7 @@
-"""The conda environment pins what pyproject pins, and the CI script installs as the README says."""
+"""The conda environment pins what pyproject pins, every pin is used, and the CI script installs
+as the README says."""
+import importlib.metadata
+import re
 import tomllib
 from pathlib import Path
 
@@ -21,3 +24,32 @@ def test_ci_runs_the_readme_commands():
     for command in (install,
                     "pytest -q"):
         assert command in readme and command in ci
+
+
+# Pinned but not imported by the project: why each is pinned.
+NOT_IMPORTED = {"snakemake": "the workflow (`snakemake ...`)",
+                "snakemake-executor-plugin-slurm": "the SLURM profile's executor",
+                "dvc": "`dvc metrics / plots` on the committed results",
+                "torchvision": "torch-fidelity's LPIPS VGG16; pinned with the torch it matches"}
+
+
+def imported_modules() -> set[str]:
+    """Top-level modules imported anywhere in the package, workflow and benchmarks."""
+    files = [*REPO.glob("d2it/**/*.py"), *REPO.glob("baselines/**/*.py"),
+             *REPO.glob("benchmarks/**/*.py"), *REPO.glob("workflow/**/*.smk"), REPO / "Snakefile"]
+    names = set()
+    for path in files:  # regex, not ast: Snakefiles are not Python
+        names.update(re.findall(r"^\s*(?:from|import) ([A-Za-z_]\w*)", path.read_text(), re.M))
+    return names
+
+
+def test_every_pinned_dependency_is_imported_or_a_named_tool():
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    provides = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            provides.setdefault(dist.lower().replace("_", "-"), set()).add(module)
+    imported = imported_modules()
+    unused = [d for d in (re.split(r"[=<>]", dep)[0] for dep in deps)
+              if d not in NOT_IMPORTED and not provides.get(d, set()) & imported]
+    assert unused == []
