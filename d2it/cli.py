@@ -134,6 +134,12 @@ def cmd_encode(args) -> dict:
     return encode_latents(plan.study, run, Path(args.out) if args.out else run / "latents")
 
 
+def cmd_study_keys(args) -> None:
+    from d2it.config_reference import reference
+
+    print(reference(), end="")
+
+
 def cmd_study_plan(args) -> list[dict]:
     from d2it.study import describe
 
@@ -307,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
     sp = with_config(st.add_parser("plan", help="one JSON line per table row, resolved"))
     sp.add_argument("--table", help="only this table's rows, e.g. table2")
     sp.set_defaults(fn=cmd_study_plan)
+    sp = st.add_parser("keys", help="every config key as Markdown (config/README.md)")
+    sp.set_defaults(fn=cmd_study_keys)
 
     rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what",
                                                                             required=True)

@@ -1,5 +1,6 @@
 """Study configs: schema defaults, one error naming the key for every bad value,
 cross-references."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,30 @@ def test_yaml_aliases_do_not_couple_overrides(tmp_path):
     path.write_text("name: t\ntrain: &t {steps: 5}\ndvae: {train: *t}\n")
     cfg = config.load(path, ["train.steps=9"])
     assert cfg["train"]["steps"] == 9 and cfg["dvae"]["train"]["steps"] == 5
+
+
+def test_config_readme_is_the_schema_with_every_key_described():
+    """config/README.md is what `d2it study keys` writes from the schema, and no key in it is
+    left without a meaning; every key of the default study appears in it."""
+    from d2it.config_reference import reference
+
+    text = reference()
+    assert (REPO / "config" / "README.md").read_text() == text, \
+        "config/README.md is stale: d2it study keys > config/README.md"
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| `")]
+    assert rows and [r[0] for r in rows if not r[-1].removesuffix(" |").strip()] == []
+    sections, keys = {}, None
+    for line in text.splitlines():  # heading -> {key: its values column}
+        if line.startswith("## "):
+            keys = sections.setdefault(line[3:], {})
+        elif line.startswith("| `"):
+            cells = line.split(" | ")
+            keys[cells[0].strip("| `")] = cells[1]
+    resolved = study.resolve({"name": "x"}, "defaults")
+    for key, value in resolved.items():
+        assert key in sections["Study"]
+        if isinstance(value, dict) and key not in ("specs", "tables", "figures"):
+            linked = re.match(r"\[(\w+)\]", sections["Study"][key])
+            for sub in value:
+                assert (f"{key}.{sub}" in sections["Study"]
+                        or (linked and sub in sections[linked[1]])), f"{key}.{sub}"
