@@ -203,3 +203,11 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     proc = subprocess.run([*args, "--configfile", "edited.yaml", "-n"], capture_output=True,
                           text=True, cwd=tmp_path)
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+
+
+def test_lint_finds_nothing_but_the_shared_environment():
+    """`snakemake --lint` flags only that rules name no environment of their own: every rule runs
+    the one `d2it` package of the one environment (README, "Snakemake")."""
+    proc = subprocess.run([SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
+    lints = re.findall(r"^\s+\* (.+?):$", proc.stdout + proc.stderr, re.M)
+    assert lints and set(lints) == {"Specify a conda environment or container for each rule."}

@@ -62,8 +62,8 @@ def remove_stale_results() -> None:
 if workflow.is_main_process:
     remove_stale_results()
 
-# Every job reads the resolved study from one content-addressed file. It is not a rule param, so
-# a change that moves no run, sample set or metric (workers, logging) re-runs nothing.
+# Every job reads the resolved study from one content-addressed file (params.config, made by
+# study_config so that a change that moves no run, sample set or metric re-runs nothing).
 _resolved = yaml.safe_dump(STUDY, sort_keys=False)  # rows keep their order
 CFG = f".snakemake/d2it-config/{hashlib.sha256(_resolved.encode()).hexdigest()[:16]}.yaml"
 if not Path(CFG).exists():
@@ -90,3 +90,43 @@ def d2it_cmd(wildcards, resources):
     several (resources.gpu, SLURM's --gpus), else the plain `d2it`."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
     return f"torchrun --standalone --nproc_per_node {gpus} -m d2it.cli" if gpus > 1 else "d2it"
+
+
+def study_config(wildcards, output) -> str:
+    """The resolved study file a job reads (`--config {params.config}`). Its name changes with any
+    edit of the study, so it must not re-run jobs by itself: a param computed from `output` is one
+    Snakemake counts as derived and leaves out of its params trigger. What an output depends on
+    is in its identity params."""
+    return CFG
+
+
+DVAES = runs_of("dvae")
+MODELS = runs_of("dit|d2it|grain")
+
+
+def model_args(wildcards) -> str:
+    run = MODELS[wildcards.run]
+    ratio = f" --fine-ratio {run.fine_ratio}" if run.stage == "grain" else ""
+    return f"--spec {run.spec} --seed {run.seed}{ratio}"
+
+
+def sample_inputs(wildcards) -> dict:
+    """The runs a sample set reads: its model, its grain model, the DVAE that decodes, the cache
+    (held-out grain maps)."""
+    found = PLAN.sample_sets[wildcards.name]
+    inputs = {"run": found.run.folder / "final.pt",
+              "dvae": PLAN.dvae_of(found.run).folder / "final.pt",
+              "latents": PLAN.latents(found.run) / "meta.json"}
+    if found.grain_run:
+        inputs["grain"] = found.grain_run.folder / "final.pt"
+    return inputs
+
+
+def table_inputs(wildcards) -> list:
+    return [ss.metrics for row in PLAN.table_rows(wildcards.table) for ss in row.sample_sets]
+
+
+def curve_inputs(wildcards) -> list:
+    sets = PLAN.curves[wildcards.fig]
+    recon = [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()] if wildcards.fig == "fig5" else []
+    return [ss.metrics for ss in sets] + recon

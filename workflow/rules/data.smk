@@ -6,11 +6,12 @@ if STUDY["data"]["synth"] is not None:
         output:
             STUDY["data"]["manifest"],
         params:
+            config=study_config,
             data=identity(studies.data_identity),
         log:
             f"{LOGS}/synth_data.log",
         shell:
-            "d2it data synth --config {CFG} > {log} 2>&1"
+            "d2it data synth --config {params.config} > {log} 2>&1"
 
 
 rule grain_thresholds:
@@ -19,8 +20,9 @@ rule grain_thresholds:
     output:
         STUDY["grain"]["thresholds"],
     params:
+        config=study_config,
         rule=identity(studies.threshold_identity),
     log:
         f"{LOGS}/grain_thresholds.log",
     shell:
-        "d2it grain thresholds --config {CFG} > {log} 2>&1"
+        "d2it grain thresholds --config {params.config} > {log} 2>&1"

@@ -11,10 +11,11 @@ rule sample_metrics:
     wildcard_constraints:
         name=one_of(PLAN.sample_sets),
     params:
+        config=study_config,
         metrics=identity(studies.metrics_identity),
     threads: STUDY["threads"]
     log:
         f"{LOGS}/metrics/{{name}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it metrics --config {CFG} --samples {input.samples} "
+        "OMP_NUM_THREADS={threads} d2it metrics --config {params.config} --samples {input.samples} "
         "--out {output} > {log} 2>&1"

@@ -1,10 +1,6 @@
 # The study's tables beside the paper's numbers (d2it/report/paper.yaml), and its sample figures.
 
 
-def table_inputs(wildcards) -> list:
-    return [ss.metrics for row in PLAN.table_rows(wildcards.table) for ss in row.sample_sets]
-
-
 rule paper_table:
     input:
         table_inputs,
@@ -12,19 +8,15 @@ rule paper_table:
         report(f"{RESULTS}/{{table}}.csv", category="Tables"),
     wildcard_constraints:
         table=one_of(STUDY["tables"]),
+    params:
+        config=study_config,
     log:
         f"{LOGS}/{{table}}.log",
     shell:
-        "d2it report table --config {CFG} {wildcards.table} --out {output} > {log} 2>&1"
+        "d2it report table --config {params.config} {wildcards.table} --out {output} > {log} 2>&1"
 
 
 # Fig. 5 (reconstruction vs generation over fine ratios), Fig. 6 (FD over training steps).
-def curve_inputs(wildcards) -> list:
-    sets = PLAN.curves[wildcards.fig]
-    recon = [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()] if wildcards.fig == "fig5" else []
-    return [ss.metrics for ss in sets] + recon
-
-
 rule curve_figure:
     input:
         curve_inputs,
@@ -33,10 +25,12 @@ rule curve_figure:
         csv=f"{RESULTS}/{{fig}}.csv",
     wildcard_constraints:
         fig=one_of(PLAN.curves),
+    params:
+        config=study_config,
     log:
         f"{LOGS}/{{fig}}.log",
     shell:
-        "d2it report curve --config {CFG} {wildcards.fig} --out {output.png} > {log} 2>&1"
+        "d2it report curve --config {params.config} {wildcards.fig} --out {output.png} > {log} 2>&1"
 
 
 # The grain model against the ground truth (one D²iT run sampled both ways).
@@ -48,10 +42,12 @@ if PLAN.grain_check():
         output:
             png=report(str(PLAN.grain_maps_png), category="Figures"),
             csv=str(PLAN.grain_maps_png.with_suffix(".csv")),
+        params:
+            config=study_config,
         log:
             f"{LOGS}/grain_maps.log",
         shell:
-            "d2it report grain-maps --config {CFG} --out {output.png} > {log} 2>&1"
+            "d2it report grain-maps --config {params.config} --out {output.png} > {log} 2>&1"
 
 
 # One verdict per claim of the paper (d2it/report/verdict.py states the rule).
@@ -63,10 +59,12 @@ rule verdict:
     output:
         md=report(f"{RESULTS}/verdict.md", category="Verdicts"),
         json=f"{RESULTS}/verdict.json",
+    params:
+        config=study_config,
     log:
         f"{LOGS}/verdict.log",
     shell:
-        "d2it report verdict --config {CFG} > {log} 2>&1"
+        "d2it report verdict --config {params.config} > {log} 2>&1"
 
 
 # Fig. 3: samples beside their grain maps (red = fine, blue = coarse); Fig. 4: one row per class.
@@ -78,6 +76,7 @@ rule samples_figure:
     wildcard_constraints:
         fig=one_of(PLAN.figures),
     params:
+        config=study_config,
         by_class=lambda w: "--by-class" if STUDY["figures"][w.fig]["classes"] else "",
         per_row=lambda w: STUDY["figures"][w.fig]["per_row"],
         title=lambda w: (f"{w.fig.replace('fig', 'Fig. ')}: "
@@ -86,5 +85,5 @@ rule samples_figure:
     log:
         f"{LOGS}/{{fig}}.log",
     shell:
-        "d2it report samples --config {CFG} --samples {input} {params.by_class} "
+        "d2it report samples --config {params.config} --samples {input} {params.by_class} "
         "--per-row {params.per_row} --title {params.title:q} --out {output} > {log} 2>&1"

@@ -1,8 +1,5 @@
 # Stage 1: one DVAE per fine ratio and seed (r = 1 is the fixed-rate VAE of the DiT baseline),
 # its held-out reconstructions and its latent cache.
-DVAES = runs_of("dvae")
-
-
 rule train_dvae:
     input:
         STUDY["data"]["manifest"],
@@ -12,6 +9,7 @@ rule train_dvae:
     wildcard_constraints:
         run=one_of(DVAES),
     params:
+        config=study_config,
         d2it=d2it_cmd,
         ratio=lambda w: DVAES[w.run].fine_ratio,
         seed=lambda w: DVAES[w.run].seed,
@@ -21,7 +19,7 @@ rule train_dvae:
     log:
         f"{LOGS}/{{run}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {params.d2it} train dvae --config {CFG} "
+        "OMP_NUM_THREADS={threads} {params.d2it} train dvae --config {params.config} "
         "--fine-ratio {params.ratio} --seed {params.seed} > {log} 2>&1"
 
 
@@ -31,13 +29,14 @@ rule eval_recon:
     output:
         f"{RESULTS}/metrics/dvae/{{name}}.json",
     params:
+        config=study_config,
         metrics=identity(studies.metrics_identity),
         ratio=lambda w: DVAES[f"dvae/{w.name}"].fine_ratio,
         seed=lambda w: DVAES[f"dvae/{w.name}"].seed,
     log:
         f"{LOGS}/eval_recon/{{name}}.log",
     shell:
-        "d2it eval recon --config {CFG} --fine-ratio {params.ratio} --seed {params.seed} "
+        "d2it eval recon --config {params.config} --fine-ratio {params.ratio} --seed {params.seed} "
         "--out {output} > {log} 2>&1"
 
 
@@ -49,12 +48,14 @@ rule encode_latents:
     wildcard_constraints:
         run=one_of(DVAES),
     params:
+        config=study_config,
         ratio=lambda w: DVAES[w.run].fine_ratio,
         seed=lambda w: DVAES[w.run].seed,
     log:
         f"{LOGS}/encode/{{run}}.log",
     shell:
-        "d2it encode --config {CFG} --fine-ratio {params.ratio} --seed {params.seed} > {log} 2>&1"
+        "d2it encode --config {params.config} --fine-ratio {params.ratio} --seed {params.seed} "
+        "> {log} 2>&1"
 
 
 rule dvae_table:

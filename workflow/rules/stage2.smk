@@ -1,14 +1,5 @@
 # Stage 2: every (spec, seed) the study's rows and figures name, trained once on the latent cache
 # of its DVAE, and every sample set drawn from them.
-MODELS = runs_of("dit|d2it|grain")
-
-
-def model_args(wildcards) -> str:
-    run = MODELS[wildcards.run]
-    ratio = f" --fine-ratio {run.fine_ratio}" if run.stage == "grain" else ""
-    return f"--spec {run.spec} --seed {run.seed}{ratio}"
-
-
 rule train_model:
     input:
         lambda w: PLAN.latents(MODELS[w.run]) / "meta.json",
@@ -17,6 +8,7 @@ rule train_model:
     wildcard_constraints:
         run=one_of(MODELS),
     params:
+        config=study_config,
         d2it=d2it_cmd,
         args=model_args,
     threads: STUDY["threads"]
@@ -25,20 +17,8 @@ rule train_model:
     log:
         f"{LOGS}/{{run}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {params.d2it} train model --config {CFG} {params.args} "
-        "> {log} 2>&1"
-
-
-def sample_inputs(wildcards) -> dict:
-    """The runs a sample set reads: its model, its grain model, the DVAE that decodes, the cache
-    (held-out grain maps)."""
-    found = PLAN.sample_sets[wildcards.name]
-    inputs = {"run": found.run.folder / "final.pt",
-              "dvae": PLAN.dvae_of(found.run).folder / "final.pt",
-              "latents": PLAN.latents(found.run) / "meta.json"}
-    if found.grain_run:
-        inputs["grain"] = found.grain_run.folder / "final.pt"
-    return inputs
+        "OMP_NUM_THREADS={threads} {params.d2it} train model --config {params.config} "
+        "{params.args} > {log} 2>&1"
 
 
 rule sample:
@@ -51,10 +31,11 @@ rule sample:
     wildcard_constraints:
         name=one_of(PLAN.sample_sets),
     params:
+        config=study_config,
         d2it=d2it_cmd,
     threads: STUDY["threads"]
     log:
         f"{LOGS}/sample/{{name}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} {params.d2it} sample --config {CFG} "
+        "OMP_NUM_THREADS={threads} {params.d2it} sample --config {params.config} "
         "--sample-set {wildcards.name} > {log} 2>&1"
