@@ -3,14 +3,19 @@ with half the batch each, or 1 process accumulating micro-batches, train what 1 
 whole batch trains. Each process reads only its rows of the latent cache."""
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from d2it import launch
 from d2it.config import digest
 from d2it.data.latents import CacheWriter
 from d2it.study import dvae_identity
@@ -104,3 +109,37 @@ def test_each_process_holds_only_its_rows_of_the_cache(trained, ddp_config, late
         extra = big[rank]["peak_rss_mib"] - small[rank]["peak_rss_mib"]
         # a tenth of its share at most
         assert extra < 0.1 * size_mib / 2, (rank, big[rank], small[rank])
+
+
+def test_preemption_signal_to_torchrun_checkpoints_and_resumes_to_the_same_weights(
+        trained, study, latent_cache, tmp_path):
+    """SIGUSR1 (SLURM's pre-emption warning) sent to the torchrun agent alone, mid-run, as the
+    workflow launches 2 processes: the agent forwards it, the ranks stop together after a
+    checkpoint, and the rerun ends with the weights of an uninterrupted run."""
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({**study, "train": {**TRAIN, "steps": 400,
+                                                         "ckpt_every": 1000}}))
+    argv = [*shlex.split(launch.command(2)), "train", *job("dit", config, latent_cache)]
+    env = {**ENV, "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}"}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run([*argv, "--out", str(whole)], env=env, check=True, capture_output=True,
+                   timeout=600)
+    proc = subprocess.Popen([*argv, "--out", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = cut / "metrics.jsonl"
+    deadline = time.time() + 300
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 20) \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "the run ended before the signal"
+    (ckpt,) = (cut / "checkpoints").glob("ckpt-*.pt")
+    stopped = int(ckpt.stem.split("-")[1])
+    assert 20 <= stopped < 400, stderr[-2000:]
+    subprocess.run([*argv, "--out", str(cut)], env=env, check=True, capture_output=True,
+                   timeout=600)
+    assert losses(cut)[-1] == pytest.approx(losses(whole)[-1], rel=1e-5)
+    a, b = (torch.load(out / "final.pt", weights_only=False)["model"] for out in (whole, cut))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from d2it import launch
 from d2it import study as studies
 from tests_support import tiny_study
 
@@ -78,10 +79,10 @@ def test_readme_cluster_command_resolves_to_the_planned_paper_jobs(study, checko
     samples = {Path(job["output"][0]).stem: job["shell"] for job in jobs if job["rule"] == "sample"}
     for row in rows:
         for run in row["run_dirs"] + row["grain_run_dirs"]:
-            assert "torchrun --standalone --nproc_per_node 8 -m d2it.cli train model" in trains[run]
+            assert f"{launch.command(8)} train model" in trains[run]
         assert f"--spec {row['spec']} --seed 0" in trains[row["run_dirs"][0]]
         for name in row["sample_sets"]:
-            assert f"--sample-set {name}" in samples[name] and "--nproc_per_node 8" in samples[name]
+            assert f"--sample-set {name}" in samples[name] and launch.command(8) in samples[name]
     tables = sorted({row["table"] for row in rows})
     assert sorted(job["output"][0] for job in jobs if job["rule"] == "paper_table") == \
         [f"results/{study}/{t}.csv" for t in tables]
@@ -211,3 +212,31 @@ def test_lint_finds_nothing_but_the_shared_environment():
     proc = subprocess.run([SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
     lints = re.findall(r"^\s+\* (.+?):$", proc.stdout + proc.stderr, re.M)
     assert lints and set(lints) == {"Specify a conda environment or container for each rule."}
+
+
+def test_multi_node_jobs_run_one_torchrun_per_node_meeting_at_the_first(checkout):
+    """`nodes: 2, gpu: 16` for training: the job's command starts one torchrun per node (srun)
+    with 8 processes each and a c10d rendezvous on the allocation's first node, in words
+    torchrun's own parser accepts."""
+    from torch.distributed.run import get_args_parser
+
+    jobs = dry_run(["--workflow-profile", "workflow/profiles/slurm", "--configfile",
+                    "config/imagenet256.yaml", "--set-resources", "train_model:nodes=2",
+                    "train_model:gpu=16", "--executor", "local", "--cores", "1"], checkout)
+    trains = [job["shell"] for job in jobs if job["rule"] == "train_model"]
+    assert trains and all(launch.command(16, 2) in shell for shell in trains)
+    # the words as the job's shell makes them, on nodes gpu-a and gpu-b of job 42
+    bin_dir = checkout / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'gpu-a\\ngpu-b\\n'\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_JOB_NODELIST": "gpu-[a-b]",
+           "SLURM_JOB_ID": "42"}
+    words = subprocess.run(["bash", "-c", f"printf '%s\\n' {launch.command(16, 2)}"], env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert words[:2] == ["srun", "--overlap"] and "--ntasks-per-node" in words
+    torchrun = words[words.index("torchrun") + 1:words.index("-m")]
+    args = get_args_parser().parse_args([*torchrun, "-m", "d2it.cli"])
+    assert (args.nproc_per_node, args.nnodes, args.rdzv_backend) == ("8", "2", "c10d")
+    assert (args.rdzv_endpoint, args.rdzv_id) == ("gpu-a:29500", "42")
+    assert "SIGUSR1" in args.signals_to_handle.split(",")

@@ -7,6 +7,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config
 
+from d2it import launch
 from d2it import study as studies
 from d2it.config import digest
 from d2it.errors import D2itError
@@ -87,9 +88,10 @@ def runs_of(stage: str) -> dict:
 
 def d2it_cmd(wildcards, resources):
     """The CLI of a training or sampling job: torchrun over its GPUs when the profile gives it
-    several (resources.gpu, SLURM's --gpus), else the plain `d2it`."""
+    several (resources.gpu, SLURM's --gpus, in all over resources.nodes), else the plain `d2it`
+    (d2it/launch.py)."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
-    return f"torchrun --standalone --nproc_per_node {gpus} -m d2it.cli" if gpus > 1 else "d2it"
+    return launch.command(gpus, int(getattr(resources, "nodes", 1) or 1))
 
 
 def study_config(wildcards, output) -> str:
