@@ -7,6 +7,8 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+report: "workflow/report/workflow.rst"
+
 
 include: "workflow/rules/common.smk"
 

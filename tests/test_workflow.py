@@ -185,6 +185,17 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
             and (tmp_path / "results/tiny/metrics/dvae").is_dir())
     table = (tmp_path / "results/tiny/table2.csv").read_text()
     assert "DiT-tiny/2" in table and "fd_effnet_6" in table
+    # the report holds every table and figure of the study, each with its caption
+    proc = subprocess.run([*args, "--configfile", "tiny.yaml", "--report", "report.html"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    for target in plan.targets():
+        if Path(target).suffix in (".csv", ".png", ".md") and "/metrics/" not in str(target):
+            assert Path(target).name in html, target
+    for caption in ("Paper table", "Fig. 3: samples beside their grain maps",
+                    "One line per claim of the paper", "held-out reconstruction of each DVAE"):
+        assert caption in html, caption
     before = tree_digest(tmp_path / "results" / "tiny")
     proc = subprocess.run([*args, "--configfile", "tiny2.yaml"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=900)

@@ -5,7 +5,7 @@ rule paper_table:
     input:
         table_inputs,
     output:
-        report(f"{RESULTS}/{{table}}.csv", category="Tables"),
+        report(f"{RESULTS}/{{table}}.csv", caption="../report/table.rst", category="Tables"),
     wildcard_constraints:
         table=one_of(STUDY["tables"]),
     params:
@@ -21,7 +21,7 @@ rule curve_figure:
     input:
         curve_inputs,
     output:
-        png=report(f"{RESULTS}/{{fig}}.png", category="Figures"),
+        png=report(f"{RESULTS}/{{fig}}.png", caption="../report/curve.rst", category="Figures"),
         csv=f"{RESULTS}/{{fig}}.csv",
     wildcard_constraints:
         fig=one_of(PLAN.curves),
@@ -40,7 +40,8 @@ if PLAN.grain_check():
         input:
             [ss.npz for ss in PLAN.grain_check()],
         output:
-            png=report(str(PLAN.grain_maps_png), category="Figures"),
+            png=report(str(PLAN.grain_maps_png), caption="../report/grain_maps.rst",
+                       category="Figures"),
             csv=str(PLAN.grain_maps_png.with_suffix(".csv")),
         params:
             config=study_config,
@@ -57,7 +58,7 @@ rule verdict:
         [ss.metrics for sets in PLAN.curves.values() for ss in sets],
         [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()],
     output:
-        md=report(f"{RESULTS}/verdict.md", category="Verdicts"),
+        md=report(f"{RESULTS}/verdict.md", caption="../report/verdict.rst", category="Verdicts"),
         json=f"{RESULTS}/verdict.json",
     params:
         config=study_config,
@@ -72,7 +73,8 @@ rule samples_figure:
     input:
         lambda w: PLAN.figures[w.fig].npz,
     output:
-        report(f"{RESULTS}/{{fig}}.png", category="Figures"),
+        report(f"{RESULTS}/{{fig}}.png", caption="../report/samples_figure.rst",
+               category="Figures"),
     wildcard_constraints:
         fig=one_of(PLAN.figures),
     params:

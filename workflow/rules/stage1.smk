@@ -62,7 +62,7 @@ rule dvae_table:
     input:
         [PLAN.recon_json(run) for run in PLAN.recon],
     output:
-        PLAN.recon_csv,
+        report(str(PLAN.recon_csv), caption="../report/dvae_table.rst", category="Tables"),
     log:
         f"{LOGS}/dvae_table.log",
     shell:

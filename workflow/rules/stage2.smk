@@ -27,7 +27,8 @@ rule sample:
     output:
         npz=f"{RUNS}/samples/{{name}}.npz",
         json=f"{RUNS}/samples/{{name}}.json",
-        grid=report(f"{RESULTS}/samples/{{name}}.png", category="Samples"),
+        grid=report(f"{RESULTS}/samples/{{name}}.png", caption="../report/sample_grid.rst",
+                    category="Samples"),
     wildcard_constraints:
         name=one_of(PLAN.sample_sets),
     params:
