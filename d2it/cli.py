@@ -163,11 +163,20 @@ def cmd_report_recon(args) -> dict:
 
 
 def cmd_report_table(args) -> dict:
-    from d2it.report.tables import paper_table
+    from d2it.files import write_json_atomic
+    from d2it.report.tables import paper_table, row_metrics
 
     plan = _plan(args)
     out = Path(args.out) if args.out else plan.table_csv(args.table)
-    return _write_table(paper_table(plan, args.table), out)
+    table = paper_table(plan, args.table)
+    rows_dir = out.parent / "rows" / args.table  # numbers only, one file per row (DVC metrics)
+    rows = row_metrics(table)
+    for stale in rows_dir.glob("*.json"):
+        if stale.stem not in rows:
+            stale.unlink()
+    for row, numbers in rows.items():
+        write_json_atomic(rows_dir / f"{row}.json", numbers)
+    return _write_table(table, out)
 
 
 def cmd_report_verdict(args) -> dict:

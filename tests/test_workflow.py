@@ -18,6 +18,7 @@ from tests_support import tiny_study
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+DVC = Path(sys.executable).parent / "dvc"
 D2IT = [sys.executable, "-m", "d2it.cli"]
 
 
@@ -55,6 +56,14 @@ def dry_run(args: list, cwd: Path) -> list[dict]:
         elif line.startswith("Shell command: ") and jobs:
             jobs[-1]["shell"] = line.removeprefix("Shell command: ")
     return jobs
+
+
+def _leaves(obj):
+    if isinstance(obj, dict):
+        for value in obj.values():
+            yield from _leaves(value)
+    else:
+        yield obj
 
 
 def plan_rows(config: str, cwd: Path) -> list[dict]:
@@ -196,6 +205,18 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     for caption in ("Paper table", "Fig. 3: samples beside their grain maps",
                     "One line per claim of the paper", "held-out reconstruction of each DVAE"):
         assert caption in html, caption
+    # DVC reads the rows' metrics as numbers only, in a table that fits 160 columns
+    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - results/tiny/rows\n")
+    shown = subprocess.run([DVC, "metrics", "show", "--json"], capture_output=True, text=True,
+                           cwd=tmp_path, check=True).stdout
+    values = [v for file in json.loads(shown)[""]["data"].values() for v in
+              _leaves(file["data"])]
+    assert values and all(isinstance(v, (int, float)) for v in values)
+    table = subprocess.run([DVC, "metrics", "show"], capture_output=True, text=True,
+                           cwd=tmp_path, check=True).stdout
+    assert "rows/table2/dit_xl.json" in table and "fd_effnet_6.mean" in table
+    assert max(map(len, table.splitlines())) <= 160
     before = tree_digest(tmp_path / "results" / "tiny")
     proc = subprocess.run([*args, "--configfile", "tiny2.yaml"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=900)

@@ -67,3 +67,16 @@ def paper_table(plan, table: str) -> pd.DataFrame:
                    protocol=sets[0]["protocol"], paper_protocol=paper["protocol"])
         rows.append(out)
     return pd.DataFrame(rows)
+
+
+def row_metrics(table: pd.DataFrame) -> dict[str, dict]:
+    """Numbers only, per row, for `dvc metrics show / diff`: FD under its protocol key and the
+    class score where measured, each as mean and 95 % interval (the CSV keeps the rest)."""
+    headline = [c for c in table.columns if f"{c}_ci95_low" in table.columns
+                and (c.startswith(("fid", "fd_")) or c == "class_acc")]
+    rows = {}
+    for record in table.to_dict(orient="records"):
+        rows[record["row"]] = {c: {"mean": record[c], "low": record[f"{c}_ci95_low"],
+                                   "high": record[f"{c}_ci95_high"]} for c in headline}
+    return rows
+

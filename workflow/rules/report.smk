@@ -5,7 +5,8 @@ rule paper_table:
     input:
         table_inputs,
     output:
-        report(f"{RESULTS}/{{table}}.csv", caption="../report/table.rst", category="Tables"),
+        csv=report(f"{RESULTS}/{{table}}.csv", caption="../report/table.rst", category="Tables"),
+        rows=directory(f"{RESULTS}/rows/{{table}}"),
     wildcard_constraints:
         table=one_of(STUDY["tables"]),
     params:
@@ -13,7 +14,8 @@ rule paper_table:
     log:
         f"{LOGS}/{{table}}.log",
     shell:
-        "d2it report table --config {params.config} {wildcards.table} --out {output} > {log} 2>&1"
+        "d2it report table --config {params.config} {wildcards.table} --out {output.csv} "
+        "> {log} 2>&1"
 
 
 # Fig. 5 (reconstruction vs generation over fine ratios), Fig. 6 (FD over training steps).
