@@ -140,6 +140,13 @@ def cmd_study_keys(args) -> None:
     print(reference(), end="")
 
 
+def cmd_study_dvc(args) -> None:
+    from d2it.versioning import dvc_yaml
+
+    configs = sorted(Path(args.configs).glob("*.yaml"))
+    print(dvc_yaml(configs), end="")
+
+
 def cmd_study_plan(args) -> list[dict]:
     from d2it.study import describe
 
@@ -324,6 +331,9 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_study_plan)
     sp = st.add_parser("keys", help="every config key as Markdown (config/README.md)")
     sp.set_defaults(fn=cmd_study_keys)
+    sp = st.add_parser("dvc", help="dvc.yaml: one DVC stage per study config")
+    sp.add_argument("--configs", default="config", help="folder of the study configs")
+    sp.set_defaults(fn=cmd_study_dvc)
 
     rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what",
                                                                             required=True)

@@ -272,3 +272,28 @@ def test_multi_node_jobs_run_one_torchrun_per_node_meeting_at_the_first(checkout
     assert (args.nproc_per_node, args.nnodes, args.rdzv_backend) == ("8", "2", "c10d")
     assert (args.rdzv_endpoint, args.rdzv_id) == ("gpu-a:29500", "42")
     assert "SIGUSR1" in args.signals_to_handle.split(",")
+
+
+def test_dvc_yaml_is_one_stage_per_study_versioning_its_weights_and_results():
+    """dvc.yaml is what `d2it study dvc` writes from config/*.yaml; DVC accepts it (no
+    overlapping outputs between studies); each stage runs its study's Snakemake workflow and
+    keeps every planned run's weights in the cache and every target in git, all persistent."""
+    from d2it.versioning import dvc_yaml
+
+    configs = sorted((REPO / "config").glob("*.yaml"))
+    text = dvc_yaml([c.relative_to(REPO) for c in configs])
+    assert (REPO / "dvc.yaml").read_text() == text, "dvc.yaml is stale: d2it study dvc > dvc.yaml"
+    listed = subprocess.run([DVC, "stage", "list"], capture_output=True, text=True, cwd=REPO)
+    assert listed.returncode == 0, listed.stderr
+    stages = yaml.safe_load(text)["stages"]
+    assert {line.split()[0] for line in listed.stdout.splitlines()} == set(stages)
+    for config in configs:
+        plan = studies.plan(studies.load(config))
+        body = stages[plan.name]
+        assert body["cmd"] == f"snakemake --cores all --configfile config/{config.name}"
+        outs = {path: opts for out in body["outs"] for path, opts in out.items()}
+        assert all(opts["persist"] for opts in outs.values())
+        for run in plan.runs.values():
+            assert outs[str(run.folder / "final.pt")]["cache"] is True
+        for target in plan.targets():
+            assert outs[str(target)]["cache"] is False
