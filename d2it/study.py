@@ -457,6 +457,13 @@ class Plan:
             made_from = sorted({p for paths in sources.values() for p in paths})
             sources[self.verdict_md] = made_from
             sources[self.verdict_md.with_suffix(".json")] = made_from
+        # Per-set metrics, grids and DVAE JSONs are made from runs: a fresh clone has the
+        # committed results but not the runs, and must remake them rather than find nothing to do.
+        for ss in self.sample_sets.values():
+            sources[ss.metrics] = [ss.npz]
+            sources[ss.grid] = [ss.npz]
+        for run in [*self.recon, *self.fig5_dvaes()]:
+            sources[self.recon_json(run)] = [run.folder / "final.pt"]
         return sources
 
     def stale_results(self) -> dict[Path, list[Path]]:
