@@ -280,6 +280,17 @@ class SampleSet:
     metrics: Path
 
     @property
+    def record(self) -> Path:
+        """The sample set's record (settings, provenance), written with the .npz and the grid."""
+        return self.npz.with_suffix(".json")
+
+    @property
+    def receipt(self) -> Path:
+        """An empty file made with the metrics, beside the samples (not in git): a metrics file
+        without it was made elsewhere, e.g. committed (the workflow remakes it)."""
+        return self.npz.with_suffix(".evaluated")
+
+    @property
     def train_step(self) -> int:
         """The training step of the weights sampled: `at_step`, else the run's last."""
         return self.settings.get("at_step") or self.run.identity["train"]["steps"]
@@ -399,6 +410,10 @@ class Plan:
     def recon_json(self, run: Run) -> Path:
         return self.results_dir / "metrics" / "dvae" / f"{run.folder.name}.json"
 
+    def recon_receipt(self, run: Run) -> Path:
+        """An empty file made with recon_json, in the DVAE's run folder: see SampleSet.receipt."""
+        return run.folder / "recon.evaluated"
+
     @property
     def recon_csv(self) -> Path:
         return self.results_dir / "dvae_recon.csv"
@@ -432,51 +447,6 @@ class Plan:
         verdict = [self.verdict_md] if self.study["tables"] else []
         grain = [self.grain_maps_png] if self.grain_check() else []
         return tables + figures + recon + grain + verdict
-
-    def result_sources(self) -> dict[Path, list[Path]]:
-        """Each result file the study writes under results/ (and the repository may hold) and
-        the result files it is made from: per-set metrics and grids, the DVAE JSONs, the tables
-        a verdict reads."""
-        sources = {self.table_csv(t): [ss.metrics for row in self.table_rows(t)
-                                       for ss in row.sample_sets] for t in self.study["tables"]}
-        for fig, ss in self.figures.items():
-            sources[self.figure_png(fig)] = [ss.grid]
-        for fig, sets in self.curves.items():
-            recon = [self.recon_json(run) for run in self.fig5_dvaes()] if fig == "fig5" else []
-            made_from = [ss.metrics for ss in sets] + recon
-            sources[self.figure_png(fig)] = made_from
-            sources[self.figure_png(fig).with_suffix(".csv")] = made_from
-        if self.recon:
-            sources[self.recon_csv] = [self.recon_json(run) for run in self.recon]
-        check = self.grain_check()
-        if check:
-            grids = [ss.grid for ss in check]
-            sources[self.grain_maps_png] = grids
-            sources[self.grain_maps_png.with_suffix(".csv")] = grids
-        if self.study["tables"]:
-            made_from = sorted({p for paths in sources.values() for p in paths})
-            sources[self.verdict_md] = made_from
-            sources[self.verdict_md.with_suffix(".json")] = made_from
-        # Per-set metrics, grids and DVAE JSONs are made from runs: a fresh clone has the
-        # committed results but not the runs, and must remake them rather than find nothing to do.
-        for ss in self.sample_sets.values():
-            sources[ss.metrics] = [ss.npz]
-            sources[ss.grid] = [ss.npz]
-        for run in [*self.recon, *self.fig5_dvaes()]:
-            sources[self.recon_json(run)] = [run.folder / "final.pt"]
-        return sources
-
-    def stale_results(self) -> dict[Path, list[Path]]:
-        """Result files that exist although some file they are made from does not: made by
-        another plan (an older config or code; e.g. committed results after a change). Snakemake
-        counts an existing output as up to date whatever its inputs, so these must be remade by
-        hand: the workflow removes them. Value: the missing sources."""
-        stale = {}
-        for out, made_from in self.result_sources().items():
-            missing = [p for p in made_from if not p.exists()]
-            if out.exists() and missing:
-                stale[out] = missing
-        return stale
 
     def find_sample_set(self, name: str) -> SampleSet:
         if name not in self.sample_sets:

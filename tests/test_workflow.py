@@ -2,6 +2,7 @@
 and resolve to the jobs `d2it study plan` lists; a tiny study runs for real beside another one."""
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -134,25 +135,32 @@ def test_default_target_is_the_cpu_study(checkout):
         {t.replace("results/cpu/", "results/cpu2/") for t in tables}
 
 
-def test_results_of_another_plan_are_remade_not_kept(checkout):
-    """An existing table whose metrics are not the planned ones (committed results after a
-    change) would be 'up to date' to Snakemake: the workflow removes it; a current one stays."""
+def test_committed_results_without_their_runs_are_remade_and_ones_made_here_kept(checkout):
+    """A fresh clone holds the committed table and metrics but no runs: Snakemake would count
+    them up to date. The dry run lists the jobs that remake them, runs included; once the
+    metrics were made here (their receipts exist), deleting the bulky samples remakes nothing."""
     plan = studies.plan(studies.load(REPO / "config" / "cpu.yaml"))
-    stale, current = checkout / plan.table_csv("table2"), checkout / plan.table_csv("table3")
-    metrics = [checkout / ss.metrics
-               for row in plan.table_rows("table3") for ss in row.sample_sets]
-    for path in metrics + [stale, current]:  # each table after its metrics
+    sets = [ss for row in plan.table_rows("table2") for ss in row.sample_sets]
+    table = checkout / plan.table_csv("table2")
+    for path in [checkout / ss.metrics for ss in sets] + [table]:  # the table after its metrics
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("made earlier\n")
-    command = [SNAKEMAKE, "--cores", "1", str(plan.table_csv("table3"))]
-    proc = subprocess.run(command + ["-n"], capture_output=True, text=True, cwd=checkout)
-    assert proc.returncode == 0 and stale.exists()  # a dry run only tells
-    said = f"{plan.table_csv('table2')}: made from results this study no longer plans"
-    assert said in proc.stderr
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=checkout)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert not stale.exists() and current.read_text() == "made earlier\n"
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+        path.write_text("committed\n")
+    jobs = dry_run(["--cores", "1", str(plan.table_csv("table2"))], checkout)
+    evaluated = [job["output"][0] for job in jobs if job["rule"] == "sample_metrics"]
+    assert sorted(evaluated) == sorted(str(ss.metrics) for ss in sets)
+    rules = [job["rule"] for job in jobs]
+    assert rules.count("sample") == len(sets) and rules.count("paper_table") == 1
+    assert "train_model" in rules and "curve_figure" not in rules  # only what Table 2 needs
+    assert table.read_text() == "committed\n"  # a dry run changes nothing
+    made = table.stat().st_mtime - 60
+    for ss in sets:  # made here before the table, the samples deleted since
+        receipt = checkout / ss.receipt
+        receipt.parent.mkdir(parents=True, exist_ok=True)
+        receipt.touch()
+        os.utime(receipt, (made, made))
+    proc = subprocess.run([SNAKEMAKE, "--cores", "1", "-n", str(plan.table_csv("table2"))],
+                          capture_output=True, text=True, cwd=checkout)
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
 
 
 def test_one_study_at_a_time(checkout):
@@ -236,6 +244,22 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     proc = subprocess.run([*args, "--configfile", "edited.yaml", "-n"], capture_output=True,
                           text=True, cwd=tmp_path)
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    # the samples deleted to save space: what was made from them here stays
+    for npz in (tmp_path / "runs" / "tiny" / "samples").glob("*.npz"):
+        npz.unlink()
+    proc = subprocess.run([*args, "--configfile", "tiny.yaml", "-n"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    # a clone holding the results alone (committed) remakes them, runs first
+    clone = tmp_path / "clone"
+    shutil.copytree(tmp_path / "results" / "tiny", clone / "results" / "tiny")
+    shutil.copy(tmp_path / "tiny.yaml", clone)
+    jobs = dry_run([*args[1:], "--configfile", "tiny.yaml"], clone)
+    remade = {job["output"][0] for job in jobs if job["rule"] == "sample_metrics"}
+    assert remade == {str(ss.metrics) for ss in plan.sample_sets.values()
+                      if (tmp_path / ss.metrics).exists()}
+    assert {"train_dvae", "train_model", "sample", "paper_table", "verdict"} <= \
+        {job["rule"] for job in jobs}
 
 
 def test_lint_finds_nothing_but_the_shared_environment():

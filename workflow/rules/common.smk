@@ -1,6 +1,5 @@
 import hashlib
 import re
-import sys
 from pathlib import Path
 
 import yaml
@@ -41,27 +40,6 @@ RUNS = str(PLAN.runs_dir)
 RESULTS = str(PLAN.results_dir)
 LOGS = f"logs/{PLAN.name}"
 
-
-def dry_run() -> bool:
-    """Whether this is `snakemake -n` (the workflow object does not know it while parsing)."""
-    flags = [a for a in sys.argv[1:] if re.fullmatch(r"-[A-Za-z]*n[A-Za-z]*", a)]
-    return bool(flags) or "--dry-run" in sys.argv or "--dryrun" in sys.argv
-
-
-def remove_stale_results() -> None:
-    """Remove results made by another plan (e.g. committed ones after a change): Snakemake would
-    count them up to date, as an existing output never waits for missing inputs. Git keeps
-    the old files; a dry run only says what it would remove."""
-    for out, missing in PLAN.stale_results().items():
-        action = "would be removed and remade" if dry_run() else "removed, to be remade"
-        print(f"{out}: made from results this study no longer plans ({missing[0]} "
-              f"and {len(missing) - 1} more missing); {action}", file=sys.stderr)
-        if not dry_run():
-            out.unlink()
-
-
-if workflow.is_main_process:
-    remove_stale_results()
 
 # Every job reads the resolved study from one content-addressed file (params.config, made by
 # study_config so that a change that moves no run, sample set or metric re-runs nothing).
@@ -112,10 +90,23 @@ def model_args(wildcards) -> str:
     return f"--spec {run.spec} --seed {run.seed}{ratio}"
 
 
+def remake_unless(result: Path, needs: list[Path]) -> None:
+    """Have Snakemake remake `result` (under results/, in git) when it exists but a file it
+    needs does not: for what a job makes from runs, the receipt that job leaves under runs/
+    (not in git), so a committed result in a fresh clone is remade; for a table or figure, its
+    inputs (another plan's table). Snakemake counts an existing output as up to date even when
+    its inputs are missing, so the targets would do nothing. Called from the job's input
+    function, while the DAG is built: the file joins --forcerun's, so a dry run lists the jobs
+    (reason: forced), and nothing is removed unless a job remakes it."""
+    if result.exists() and not all(p.exists() for p in needs):
+        workflow.dag.forcefiles.add(str(result))
+
+
 def sample_inputs(wildcards) -> dict:
     """The runs a sample set reads: its model, its grain model, the DVAE that decodes, the cache
     (held-out grain maps)."""
     found = PLAN.sample_sets[wildcards.name]
+    remake_unless(found.grid, [found.record])
     inputs = {"run": found.run.folder / "final.pt",
               "dvae": PLAN.dvae_of(found.run).folder / "final.pt",
               "latents": PLAN.latents(found.run) / "meta.json"}
@@ -125,10 +116,46 @@ def sample_inputs(wildcards) -> dict:
 
 
 def table_inputs(wildcards) -> list:
-    return [ss.metrics for row in PLAN.table_rows(wildcards.table) for ss in row.sample_sets]
+    inputs = [ss.metrics for row in PLAN.table_rows(wildcards.table) for ss in row.sample_sets]
+    remake_unless(PLAN.table_csv(wildcards.table), inputs)
+    return inputs
+
+
+def metrics_inputs(wildcards) -> dict:
+    found = PLAN.sample_sets[wildcards.name]
+    remake_unless(found.metrics, [found.receipt])
+    return {"samples": found.npz, "manifest": STUDY["data"]["manifest"]}
+
+
+def recon_inputs(wildcards) -> Path:
+    run = DVAES[f"dvae/{wildcards.name}"]
+    remake_unless(PLAN.recon_json(run), [PLAN.recon_receipt(run)])
+    return run.folder / "final.pt"
 
 
 def curve_inputs(wildcards) -> list:
     sets = PLAN.curves[wildcards.fig]
     recon = [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()] if wildcards.fig == "fig5" else []
-    return [ss.metrics for ss in sets] + recon
+    inputs = [ss.metrics for ss in sets] + recon
+    remake_unless(PLAN.figure_png(wildcards.fig), inputs)
+    return inputs
+
+
+def samples_of(png: Path, sets: list) -> list:
+    """The .npz files a figure of samples shows (Figs. 3 and 4, the grain maps)."""
+    remake_unless(png, [ss.record for ss in sets])
+    return [ss.npz for ss in sets]
+
+
+def verdict_inputs(wildcards) -> list:
+    sets = [ss for row in PLAN.rows for ss in row.sample_sets]
+    sets += [ss for curve in PLAN.curves.values() for ss in curve]
+    inputs = [ss.metrics for ss in sets] + [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()]
+    remake_unless(PLAN.verdict_md, inputs)
+    return inputs
+
+
+def recon_table_inputs(wildcards) -> list:
+    inputs = [PLAN.recon_json(run) for run in PLAN.recon]
+    remake_unless(PLAN.recon_csv, inputs)
+    return inputs

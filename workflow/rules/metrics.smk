@@ -4,10 +4,10 @@
 
 rule sample_metrics:
     input:
-        samples=f"{RUNS}/samples/{{name}}.npz",
-        manifest=STUDY["data"]["manifest"],
+        unpack(metrics_inputs),
     output:
-        f"{RESULTS}/metrics/{{name}}.json",
+        json=f"{RESULTS}/metrics/{{name}}.json",
+        receipt=touch(f"{RUNS}/samples/{{name}}.evaluated"),
     wildcard_constraints:
         name=one_of(PLAN.sample_sets),
     params:
@@ -18,4 +18,4 @@ rule sample_metrics:
         f"{LOGS}/metrics/{{name}}.log",
     shell:
         "OMP_NUM_THREADS={threads} d2it metrics --config {params.config} --samples {input.samples} "
-        "--out {output} > {log} 2>&1"
+        "--out {output.json} > {log} 2>&1"

@@ -40,7 +40,7 @@ if PLAN.grain_check():
 
     rule grain_maps_figure:
         input:
-            [ss.npz for ss in PLAN.grain_check()],
+            lambda w: samples_of(PLAN.grain_maps_png, PLAN.grain_check()),
         output:
             png=report(str(PLAN.grain_maps_png), caption="../report/grain_maps.rst",
                        category="Figures"),
@@ -56,9 +56,7 @@ if PLAN.grain_check():
 # One verdict per claim of the paper (d2it/report/verdict.py states the rule).
 rule verdict:
     input:
-        [ss.metrics for row in PLAN.rows for ss in row.sample_sets],
-        [ss.metrics for sets in PLAN.curves.values() for ss in sets],
-        [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()],
+        verdict_inputs,
     output:
         md=report(f"{RESULTS}/verdict.md", caption="../report/verdict.rst", category="Verdicts"),
         json=f"{RESULTS}/verdict.json",
@@ -73,7 +71,7 @@ rule verdict:
 # Fig. 3: samples beside their grain maps (red = fine, blue = coarse); Fig. 4: one row per class.
 rule samples_figure:
     input:
-        lambda w: PLAN.figures[w.fig].npz,
+        lambda w: samples_of(PLAN.figure_png(w.fig), [PLAN.figures[w.fig]]),
     output:
         report(f"{RESULTS}/{{fig}}.png", caption="../report/samples_figure.rst",
                category="Figures"),

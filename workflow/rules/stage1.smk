@@ -25,9 +25,10 @@ rule train_dvae:
 
 rule eval_recon:
     input:
-        lambda w: DVAES[f"dvae/{w.name}"].folder / "final.pt",
+        recon_inputs,
     output:
-        f"{RESULTS}/metrics/dvae/{{name}}.json",
+        json=f"{RESULTS}/metrics/dvae/{{name}}.json",
+        receipt=touch(f"{RUNS}/dvae/{{name}}/recon.evaluated"),
     params:
         config=study_config,
         metrics=identity(studies.metrics_identity),
@@ -37,7 +38,7 @@ rule eval_recon:
         f"{LOGS}/eval_recon/{{name}}.log",
     shell:
         "d2it eval recon --config {params.config} --fine-ratio {params.ratio} --seed {params.seed} "
-        "--out {output} > {log} 2>&1"
+        "--out {output.json} > {log} 2>&1"
 
 
 rule encode_latents:
@@ -60,7 +61,7 @@ rule encode_latents:
 
 rule dvae_table:
     input:
-        [PLAN.recon_json(run) for run in PLAN.recon],
+        recon_table_inputs,
     output:
         report(str(PLAN.recon_csv), caption="../report/dvae_table.rst", category="Tables"),
     log:
