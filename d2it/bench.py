@@ -25,6 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from d2it import study as studies
+from d2it.batch_fit import fit_batch_gpu
 from d2it.data.latents import CacheWriter, LatentCache
 from d2it.diffusion import GaussianDiffusion, guided
 from d2it.errors import D2itError
@@ -142,7 +143,12 @@ def bench_training(study: dict, kind: str, cache, batch, device, cfg: dict) -> d
         modes["eager"] = (bf16, False, fused)
     elif cfg["compiled"]:
         modes["compiled"] = (bf16, True, fused)
-    result = {}
+    # What train.batch_gpu: auto would pick for this global batch (the probe alone on the device)
+    task = make_task(study, kind, cache, device)
+    optimisers = {"model": torch.optim.AdamW(task.model.parameters(), fused=fused)}
+    fit = {"batch_size": len(batch[0]), "steps": 1, "bf16": bf16}
+    result = {"batch_gpu_auto": fit_batch_gpu(task, optimisers, fit, 1, device)}
+    del task, optimisers
     for mode, (bf16, compiled, fused) in modes.items():
         task = make_task(study, kind, cache, device)
         if mode == "default":
@@ -349,6 +355,8 @@ def markdown(result: dict) -> str:
     lines += [f"DVAE: encode {result['dvae']['encode_img_s']:.1f} img/s, decode "
               f"{result['dvae']['decode_img_s']:.1f} img/s; metric features "
               f"({features['extractor']}) {speed}",
+              f"Per-GPU batch of train.batch_gpu auto for a batch of {result['batch']}: "
+              + ", ".join(f"{k} {m['batch_gpu_auto']}" for k, m in result["models"].items()),
               "Estimated hours: " + "; ".join(
                   f"{k}: " + ", ".join(f"{name} {h:.3g}" for name, h in e.items())
                   for k, e in result["estimates"].items())]

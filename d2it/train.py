@@ -28,6 +28,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from d2it.batch_fit import fit_batch_gpu
 from d2it.config import digest
 from d2it.files import atomic, read_json, write_json_atomic
 from d2it.errors import D2itError
@@ -390,7 +391,9 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     refused, and final.pt carries it so the run rebuilds from that file alone.
     Under torchrun every process runs this; rank 0 writes checkpoints, logs and final weights."""
     out, dist = Path(out), Distributed()
-    batch_gpu, rounds = batch_split(cfg["batch_size"], cfg["batch_gpu"], dist.world)
+    fit = cfg["batch_gpu"] == "auto"  # sized below, once the model is on its device
+    batch_gpu, rounds = batch_split(cfg["batch_size"], None if fit else cfg["batch_gpu"],
+                                    dist.world)
     claim_run_dir(out, record, write=dist.main)
     lock = lock_run_dir(out) if dist.main else None  # held until this function returns
     dist.barrier()
@@ -407,6 +410,10 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                   for name, module in task.phases.items()}
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
            if cfg["ema"] is not None else None)
+    if fit:  # before compiling: the eager step, measured, takes more than the compiled one
+        fitted = fit_batch_gpu(task, optimisers, cfg, dist.world, dist.device)
+        batch_gpu = min(dist.gather(fitted))  # every process the same micro-batch
+        batch_gpu, rounds = batch_split(cfg["batch_size"], batch_gpu, dist.world)
     compiled = compile_network(model, cfg["compile"], dist.device)  # after the EMA's copy
 
     # Resume

@@ -57,8 +57,10 @@ def test_bench_json_holds_every_figure(study, tmp_path):
         assert m["train_img_s"] > 0 and m["sample_img_s"] > 0 and m["peak_mem_gib"] > 0
         assert 0 < m["mfu"] < 1.5  # a measured CPU peak is a best case the step may beat
         assert m["default"]["network"].startswith("eager")  # CPU default: no compile
+        assert m["batch_gpu_auto"] == 4  # a CPU takes the whole batch
     ratios = printed["ratios"]
     assert ratios["d2it_over_dit_step"] > 0
     assert set(ratios["optimised_over_fp32_eager"]) == {"dit", "d2it"}
     table = out.with_suffix(".md").read_text()
     assert "| dit |" in table and "| d2it |" in table and "D²iT / DiT step time" in table
+    assert "train.batch_gpu auto for a batch of 4: dit 4, d2it 4" in table

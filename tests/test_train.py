@@ -348,3 +348,22 @@ def test_compiled_and_eager_runs_log_the_same_losses(study, latent_cache, tmp_pa
     assert counters["stats"]["unique_graphs"] > 0 and not counters["unimplemented"]
     assert len(curves[True]) == 20 and curves[True][0] != curves[True][-1]
     assert curves[True] == pytest.approx(curves[False], rel=1e-3)
+
+
+def test_auto_per_gpu_batch_accumulates_to_the_same_step(tmp_path, monkeypatch):
+    """`train.batch_gpu: auto` trains with what the memory probe fits (here a GPU said to hold
+    2 of the 8 rows): 4 micro-batches accumulated, the weights of the whole batch at once."""
+    import d2it.train as train_mod
+
+    summaries, weights = {}, {}
+    for setting in (None, "auto"):
+        monkeypatch.setattr(train_mod, "fit_batch_gpu", lambda task, opts, cfg, world, device: 2)
+        out = tmp_path / str(setting)
+        summaries[setting] = train(ToyTask(), toy_cfg(batch_gpu=setting), out,
+                                   {"identity": {"toy": 1}}, {"uri": None, "experiment": "t"},
+                                   seed=0)
+        weights[setting] = torch.load(out / "final.pt", weights_only=False)["model"]
+    assert (summaries[None]["batch_gpu"], summaries[None]["accumulation_rounds"]) == (8, 1)
+    assert (summaries["auto"]["batch_gpu"], summaries["auto"]["accumulation_rounds"]) == (2, 4)
+    for name, value in weights[None].items():
+        torch.testing.assert_close(weights["auto"][name], value, rtol=1e-6, atol=1e-7)
