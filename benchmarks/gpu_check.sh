@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of the performance issue, one prepared script for one CUDA device (about 10
 # minutes at XL): `d2it bench` on ImageNet-256 geometry at batch 64 with a profile of one default
-# (compiled) step, eager vs compiled, then the largest of the larger batches that fits. The log
-# and each bench's JSON / Markdown go to OUT.
+# (compiled) step, eager vs compiled, then the largest of the larger batches that fits; each bench
+# also reports the per-GPU batch that train.batch_gpu: auto picks there. The log and each bench's
+# JSON / Markdown go to OUT.
 #   bash benchmarks/gpu_check.sh [OUT]   (OUT default: gpu-check; run from the repo root)
 # SIZE (XL), BATCHES ("64 256 128": the first, then the largest that fits), ITERS (10) and
 # REPEATS (3) shrink it for a try of the script itself, e.g. SIZE=tiny BATCHES=2 on a CPU.

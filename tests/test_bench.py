@@ -48,7 +48,8 @@ def test_bench_json_holds_every_figure(study, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "d2it.cli", "bench", "--config", str(path),
                            "--batch", "4", "--iters", "1", "--repeats", "1", "--no-compiled",
                            "--json", "--out", str(out)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout)  # one JSON object, nothing else on stdout
     assert printed == json.loads(out.with_suffix(".json").read_text())
