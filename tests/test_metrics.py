@@ -14,6 +14,7 @@ from d2it.data.folder import ImageFolderDataset, load_all
 from d2it.data.manifest import Manifest
 from d2it.errors import D2itError
 from d2it.metrics.degrade import LEVELS, noise
+from d2it.metrics.effnet import INPUT_SIZE, load_network, normalise_uint8_range
 from d2it.metrics.evaluate import (UInt8Images, adm_reference, compare, extract, frechet_distance,
                                    frechet_distance_to, reference_stats)
 from d2it.metrics.extractors import INCEPTION_FILE, metric_key, resolve
@@ -38,6 +39,21 @@ def images(dataset):
 @pytest.fixture(scope="module")
 def features(images, effnet_extractor):
     return extract(images, effnet_extractor, 64, CPU)
+
+
+def test_extractor_features_are_the_packaged_networks(images, features):
+    """The folded, padded-in-place, chunked extractor computes what EfficientNet-Lite0 as
+    shipped computes (its own modules: BatchNorm, padded copies, NCHW), over batches larger than
+    a chunk."""
+    x = torch.nn.functional.interpolate(images[:40].float(), size=(INPUT_SIZE, INPUT_SIZE),
+                                        mode="bilinear", align_corners=False, antialias=True)
+    net = load_network()
+    with torch.no_grad():
+        pool = net.extract_features(normalise_uint8_range(x)).mean((2, 3))
+        logits = net._fc(pool)
+    assert torch.allclose(features["pool"][:40].float(), pool, rtol=0, atol=1e-4)
+    assert torch.allclose(features["logits"][:40].float(), logits, rtol=0, atol=1e-4)
+    assert pool.abs().mean() > 0.05  # features of that size, so the tolerance is relative 1e-3
 
 
 def scipy_fd(mu1, s1, mu2, s2):

