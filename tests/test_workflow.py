@@ -250,6 +250,26 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     proc = subprocess.run([*args, "--configfile", "tiny.yaml", "-n"], capture_output=True,
                           text=True, cwd=tmp_path)
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    # after an update that changes a rule's code, Snakemake reruns its jobs; the README's
+    # `--rerun-triggers mtime` keeps them, and a changed setting still trains anew
+    updated = tmp_path / "updated"
+    updated.mkdir()
+    shutil.copy(REPO / "Snakefile", updated)
+    shutil.copytree(REPO / "workflow", updated / "workflow")
+    rules = updated / "workflow" / "rules" / "stage2.smk"
+    rules.write_text(rules.read_text().replace('"{params.args} > {log} 2>&1"',
+                                               '"{params.args} >{log} 2>&1"', 1))
+    plain = ["-s", updated / "Snakefile", "--cores", "all", "--configfile"]
+    jobs = dry_run([*plain, "tiny.yaml"], tmp_path)
+    assert "train_model" in {job["rule"] for job in jobs}
+    (command,) = readme_commands(r"^snakemake --cores all --rerun-triggers mtime$")
+    keep = ["-s", updated / "Snakefile", *command.split()[1:], "--configfile"]
+    proc = subprocess.run([SNAKEMAKE, *keep, "tiny.yaml", "-n"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
+    longer = {**first, "train": {**first["train"], "steps": first["train"]["steps"] + 1}}
+    (tmp_path / "longer.yaml").write_text(yaml.safe_dump(longer))
+    assert "train_model" in {job["rule"] for job in dry_run([*keep, "longer.yaml"], tmp_path)}
     # a clone holding the results alone (committed) remakes them, runs first
     clone = tmp_path / "clone"
     shutil.copytree(tmp_path / "results" / "tiny", clone / "results" / "tiny")
