@@ -55,3 +55,40 @@ def test_size_table():
     assert 1.2e6 < sum(p.numel() for p in tiny.parameters()) < 1.4e6
     assert tiny(torch.zeros(2, 4, 16, 16), torch.tensor([1, 2]),
                 torch.tensor([0, 3])).shape == (2, 8, 16, 16)
+
+
+def _expected_init(name: str, param: torch.Tensor) -> tuple[str, float]:
+    """DiT's recipe for one parameter: ("zero" | "normal" | "xavier", std). Xavier-uniform on
+    every Linear and on the patch embedding seen as a matrix; N(0, 0.02) on the label table and the
+    timestep MLP; zero on adaLN's regressors, the output layers (fine and coarse) and every bias."""
+    if name.endswith("bias") or "adaLN_modulation" in name or "_layer.linear." in name:
+        return "zero", 0.0
+    if name.startswith(("y_embedder.", "t_embedder.", "grain_embedder.")):
+        return "normal", 0.02
+    fan_out, fan_in = param.shape[0], param[0].numel()
+    return "xavier", (2 / (fan_in + fan_out)) ** 0.5
+
+
+@pytest.mark.parametrize("build", [
+    lambda: DiT(input_size=16, in_channels=4, hidden_size=384, depth=2, num_heads=6,
+                num_classes=1000),
+    lambda: __import__("d2it.models.dct", fromlist=["dct"]).dct("tiny", input_size=16,
+                                                                 num_classes=10),
+], ids=["dit", "d2it"])
+def test_initialisation_follows_dits_recipe(build):
+    torch.manual_seed(0)
+    model = build()
+    checked = 0
+    for name, param in model.named_parameters():
+        if name == "pos_embed":
+            continue  # the sin-cos table, tested in test_d2it
+        kind, std = _expected_init(name, param)
+        if kind == "zero":
+            assert param.abs().max() == 0, name
+        else:
+            assert abs(param.mean().item()) < 0.1 * std + 3 * std / param.numel() ** 0.5, name
+            assert param.std().item() == pytest.approx(std, rel=0.1), name
+            if kind == "xavier":  # uniform on [-a, a] with a = sqrt(3) std
+                assert param.abs().max().item() <= 3**0.5 * std * (1 + 1e-6), name
+        checked += 1
+    assert checked == len(list(model.parameters())) - 1

@@ -121,13 +121,16 @@ class PatchEmbed(nn.Module):
 
 
 def init_dit_weights(model: nn.Module) -> None:
-    """DiT's initialisation: xavier linears, N(0, 0.02) embeddings, zeroed adaLN and output
-    layers."""
+    """DiT's initialisation, in DiT's order: xavier on every Linear first, then the patch
+    embedding, N(0, 0.02) label table and timestep MLP, and zeroed adaLN and output layers.
+    (One pass would reach a TimestepEmbedder before its child Linears, whose xavier init would then
+    overwrite the N(0, 0.02).)"""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, PatchEmbed):
+    for m in model.modules():
+        if isinstance(m, PatchEmbed):
             nn.init.xavier_uniform_(m.proj.weight.view(m.proj.weight.shape[0], -1))
             nn.init.zeros_(m.proj.bias)
         elif isinstance(m, LabelEmbedder):
