@@ -25,7 +25,7 @@ def _plan(args):
 
 
 def cmd_data_synth(args) -> dict:
-    from d2it.data.synth import synthesize
+    from d2it.data.synth import LOOK, synthesize
 
     cfg = _study(args)
     synth = cfg["data"]["synth"]
@@ -33,8 +33,9 @@ def cmd_data_synth(args) -> dict:
         raise D2itError(f"{args.config}: data.synth is null: "
                         "this study's data is a prepared folder (`d2it data prepare`)")
     out = Path(args.out) if args.out else Path(cfg["data"]["manifest"]).parent
+    look = {k: synth[k] for k in LOOK}
     manifest = synthesize(out, seed=synth["seed"], resolution=cfg["data"]["resolution"],
-                          n_train=synth["n_train"], n_heldout=synth["n_heldout"])
+                          n_train=synth["n_train"], n_heldout=synth["n_heldout"], look=look)
     return {"manifest": str(out / "manifest.json"), "files": len(manifest.files)}
 
 

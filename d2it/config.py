@@ -75,6 +75,9 @@ def _check_consistency(config: dict, source: str) -> None:
         raise D2itError(f"{source}: grain.region = {grain['region']} "
                         "must be one coarse latent cell, "
                         f"2 x the fine factor {factor} of dvae.preset {preset!r}")
+    synth = config["data"]["synth"]
+    if synth is not None and synth["radius"][0] > synth["radius"][1]:
+        raise D2itError(f"{source}: data.synth.radius = {synth['radius']}: low above high")
     if config["data"]["resolution"] % grain["region"]:
         raise D2itError(f"{source}: data.resolution = {config['data']['resolution']} is not a "
                         f"multiple of grain.region = {grain['region']}")

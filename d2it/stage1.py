@@ -16,6 +16,7 @@ from d2it.data.manifest import Manifest
 from d2it.files import sha256_file, write_json_atomic
 from d2it.errors import D2itError
 from d2it.grain import grain_map, load_thresholds, to_signed
+from d2it.metrics.classifier import accuracy, study_classifier
 from d2it.metrics.evaluate import extract, frechet_distance
 from d2it.metrics.extractors import metric_key, resolve
 from d2it.models import build, dvae_architecture
@@ -163,13 +164,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def evaluate_recon(study: dict, run_dir: Path, out: Path) -> dict:
     """PSNR and rFD of the posterior-mean reconstructions of the held-out split."""
     model, record = load_dvae(run_dir)
-    originals, recons, fine = [], [], []
-    for images, _, grain in _batches(study, record, "heldout"):
+    originals, recons, labels, fine = [], [], [], []
+    for images, label, grain in _batches(study, record, "heldout"):
         x = to_signed(images)
         recons.append(to_uint8(model.decode(model.encode(x, grain).latent())))
         originals.append(images)
+        labels.append(label)
         fine.append(grain.float().mean())
-    originals, recons = torch.cat(originals), torch.cat(recons)
+    originals, recons, labels = torch.cat(originals), torch.cat(recons), torch.cat(labels)
     n, extractor = len(originals), resolve(study["metrics"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = study["metrics"]["batch_size"]
@@ -185,6 +187,14 @@ def evaluate_recon(study: dict, run_dir: Path, out: Path) -> dict:
               "protocol": f"posterior-mean reconstructions of {n} held-out images vs the "
                           f"originals; FD on {extractor.name} pooled features{note}",
               "run": str(run_dir), "run_digest": digest(record["identity"])}
+    if study["metrics"]["class_score"] and study["data"]["classes"] > 1:
+        # The decode ceiling: no latent model's samples score above what its DVAE decodes.
+        net, classifier = study_classifier(study, Path(study["metrics"]["reference_dir"]))
+        decoded = accuracy(net, recons, labels)
+        result |= {"class_acc_decoded": decoded["accuracy"],
+                   "class_acc_decoded_ci95": decoded["ci95"],
+                   "class_acc_ceiling": classifier["heldout_accuracy"],
+                   "class_acc_ceiling_ci95": classifier["heldout_ci95"]}
     write_json_atomic(out, result)
     return result
 

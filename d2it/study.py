@@ -21,7 +21,8 @@ from d2it.models import architecture, count_parameters, latent_geometry
 
 DEFAULT = Path("config/cpu.yaml")
 # Training settings that change the weights (checkpoint cadence, logging, the per-GPU batch do not).
-TRAIN_IDENTITY = ("steps", "batch_size", "lr", "betas", "weight_decay", "grad_clip", "ema", "bf16")
+TRAIN_IDENTITY = ("steps", "batch_size", "lr", "lr_warmup", "lr_decay", "betas", "weight_decay",
+                  "grad_clip", "ema", "ema_std", "bf16")
 # D²iT's switches that act in training only (the others are the network's, in its architecture).
 LOSS_SWITCHES = ("dynamic_grain_loss", "coarse_weight", "fine_weight", "multigrain_noise")
 SWITCHES = ("routing", "dynamic_grain_loss", "learnable_pos", "multigrain_noise")

@@ -33,6 +33,7 @@ from d2it.config import digest
 from d2it.files import atomic, read_json, write_json_atomic
 from d2it.errors import D2itError
 from d2it.rng import generator
+from d2it.schedules import lr_factor, power_ema_fn
 from d2it.tracking import Tracker, git_commit
 
 log = logging.getLogger(__name__)
@@ -408,8 +409,7 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                                           betas=tuple(cfg["betas"]),
                                           weight_decay=cfg["weight_decay"], fused=fused)
                   for name, module in task.phases.items()}
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
-           if cfg["ema"] is not None else None)
+    ema = make_ema(model, cfg)
     if fit:  # before compiling: the eager step, measured, takes more than the compiled one
         fitted = fit_batch_gpu(task, optimisers, cfg, dist.world, dist.device)
         batch_gpu = min(dist.gather(fitted))  # every process the same micro-batch
@@ -489,8 +489,11 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                                 v = torch.as_tensor(v).detach().float() / rounds
                                 sums[k] = sums.get(k, 0.0) + v
 
-                # Optimiser steps, EMA
+                # Optimiser steps at this step's rate, EMA
+                rate = cfg["lr"] * lr_factor(step, cfg["steps"], cfg["lr_warmup"], cfg["lr_decay"])
                 for phase in stepped:
+                    for group in optimisers[phase].param_groups:
+                        group["lr"] = rate
                     if cfg["grad_clip"]:
                         params = task.phases[phase].parameters()
                         torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
@@ -553,6 +556,17 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     if lock:
         lock.close()
     return summary
+
+
+def make_ema(model: torch.nn.Module, cfg: dict) -> AveragedModel | None:
+    """The EMA of the training settings: none, a constant decay (`ema`, DiT's) or EDM2's
+    power-function profile (`ema_std`)."""
+    if cfg["ema_std"] is not None:
+        return AveragedModel(model, avg_fn=power_ema_fn(cfg["ema_std"]), use_buffers=True)
+    if cfg["ema"] is not None:
+        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]),
+                             use_buffers=True)
+    return None
 
 
 def snapshot_path(out: Path, step: int) -> Path:

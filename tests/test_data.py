@@ -8,7 +8,7 @@ from PIL import Image
 
 from d2it.data.folder import ImageFolderDataset, center_crop, prepare, read_image
 from d2it.data.manifest import Manifest
-from d2it.data.synth import CLASSES, synthesize
+from d2it.data.synth import CLASSES, LOOK, render, synthesize
 from d2it.errors import D2itError
 
 
@@ -40,6 +40,39 @@ def test_manifest_lists_every_file_with_its_hash_and_class(tmp_path):
         assert path.parent.name == CLASSES[entry.label]
     loaded = Manifest.load(tmp_path / "s" / "manifest.json")
     assert loaded.files == manifest.files and loaded.digest() == manifest.digest()
+
+
+def test_look_sets_the_nuisance():
+    """Upright centred objects: a disc's mask is centred on the image and a square's edges are
+    axis-aligned; noise cells of 2 px are constant 2x2 blocks; no colour range gives one
+    background per corner position whatever the seed."""
+    look = {"rotation": 0, "placement": 0, "radius": [0.4, 0.4], "colour_range": 0,
+            "noise_cell": 2}
+    for index in range(0, 40, 10):  # discs with stripes
+        _, label, mask = render(0, "train", index, 32, look)
+        ys, xs = np.nonzero(mask)
+        assert CLASSES[label] == "disc-stripes"
+        assert abs(xs.mean() - 15.5) < 0.3 and abs(ys.mean() - 15.5) < 0.3
+    _, _, square = render(0, "train", 2, 32, look)  # square-stripes
+    rows = np.nonzero(square.any(1))[0]
+    assert square[rows[0]].sum() == square[rows[len(rows) // 2]].sum()  # flat top edge
+    noise, label, mask = render(0, "train", 1, 32, look)  # disc-noise
+    assert CLASSES[label] == "disc-noise"
+    inside = noise[12:20, 12:20].astype(int)
+    assert (inside[0::2, 0::2] == inside[1::2, 1::2]).all()
+    corners = [render(s, "train", 0, 32, look)[0][0, 0] for s in range(3)]
+    assert all((c == corners[0]).all() for c in corners)
+    assert not all((c == corners[0]).all()
+                   for c in (render(s, "train", 0, 32)[0][0, 0] for s in range(3)))
+
+
+def test_manifest_records_the_look(tmp_path):
+    look = {**LOOK, "rotation": 0}
+    manifest = synthesize(tmp_path / "s", seed=0, resolution=32, n_train=10, n_heldout=10,
+                          look={"rotation": 0})
+    assert manifest.generator["look"] == look
+    with pytest.raises(D2itError, match="holds a dataset made with"):
+        synthesize(tmp_path / "s", seed=0, resolution=32, n_train=10, n_heldout=10)
 
 
 def test_existing_dataset_of_other_parameters_is_not_overwritten(tmp_path):

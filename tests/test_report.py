@@ -76,6 +76,30 @@ def test_rows_over_seeds_report_mean_and_spread(tmp_path, dataset):
     assert table["fd_effnet_1k_ci95_high"].item() == pytest.approx(13 + half, rel=1e-6)
 
 
+def test_class_score_rows_carry_both_ceilings(table2_plan):
+    """The classifier's accuracy on real held-out images, and on the decodes of them by the row's
+    own DVAE (here r = 1 for DiT, r = 0.5 for D²iT); a DVAE without them is named."""
+    table2_plan.study["specs"]["dit"]["fine_ratio"] = 1.0
+    table2_plan = studies.plan(table2_plan.study)
+    rows = table2_plan.table_rows("table2")
+    for i, row in enumerate(rows):
+        path = row.sample_sets[0].metrics
+        write_metrics(path, 100.0)
+        data = json.loads(path.read_text())
+        data["keys"]["class_acc"] = "class_acc"
+        data |= {"class_acc": 0.5, "class_acc_ci95": [0.4, 0.6], "class_acc_ceiling": 0.99}
+        path.write_text(json.dumps(data))
+    with pytest.raises(D2itError, match="no reconstruction metrics .* row 'dit_xl'"):
+        paper_table(table2_plan, "table2")
+    for ratio, decoded in ((1.0, 0.9), (0.5, 0.8)):
+        dvae = table2_plan.dvae(ratio, 0)
+        table2_plan.recon_json(dvae).parent.mkdir(parents=True, exist_ok=True)
+        table2_plan.recon_json(dvae).write_text(json.dumps({"class_acc_decoded": decoded}))
+    table = paper_table(table2_plan, "table2")
+    assert list(table["class_acc_ceiling"]) == [0.99] * 4
+    assert list(table["class_acc_ceiling_decoded"]) == [0.9, 0.8, 0.9, 0.8]
+
+
 def test_missing_metrics_are_named(table2_plan):
     rows = table2_plan.table_rows("table2")
     for row in rows[1:]:

@@ -116,7 +116,10 @@ def sample_inputs(wildcards) -> dict:
 
 
 def table_inputs(wildcards) -> list:
-    inputs = [ss.metrics for row in PLAN.table_rows(wildcards.table) for ss in row.sample_sets]
+    sets = [ss for row in PLAN.table_rows(wildcards.table) for ss in row.sample_sets]
+    inputs = [ss.metrics for ss in sets]
+    if STUDY["metrics"]["class_score"]:  # each row's decode ceiling
+        inputs += sorted({str(PLAN.recon_json(PLAN.dvae_of(ss.run))) for ss in sets})
     remake_unless(PLAN.table_csv(wildcards.table), inputs)
     return inputs
 
