@@ -31,6 +31,22 @@ def test_recon_metrics_name_their_protocol(trained, tmp_path):
     assert "not comparable to published rFID" in result["protocol"]
 
 
+def test_recon_scores_the_decodes_with_the_study_classifier(trained, tmp_path):
+    """The decode ceiling: the classifier (trained here, under evaluate_recon's no_grad) scores
+    the DVAE's decodes of the held-out images, beside its score on the real ones."""
+    from d2it.metrics.classifier import study_classifier
+
+    study, _, run = trained
+    study = json.loads(json.dumps(study))
+    study["metrics"] |= {"class_score": True, "reference_dir": str(tmp_path / "reference"),
+                         "classifier": {**study["metrics"]["classifier"], "epochs": 1}}
+    result = evaluate_recon(study, run.folder, tmp_path / "recon.json")
+    low, high = result["class_acc_decoded_ci95"]
+    assert 0 <= low <= result["class_acc_decoded"] <= high <= 1
+    _, record = study_classifier(study, tmp_path / "reference")  # cached: the same network
+    assert result["class_acc_ceiling"] == record["heldout_accuracy"]
+
+
 def test_latent_cache(trained, latent_cache):
     study, _, run = trained
     cache = LatentCache(latent_cache)

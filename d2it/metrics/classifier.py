@@ -55,6 +55,7 @@ class ClassifierNet(nn.Module):
         return self.head(x.mean((2, 3)))  # N x classes
 
 
+@torch.enable_grad()  # also when called under no_grad (the DVAE's decode ceiling)
 def fit(images: torch.Tensor, labels: torch.Tensor, num_classes: int, settings: dict,
         flip: bool) -> ClassifierNet:
     """Train on uint8 images with AdamW and a cosine schedule; horizontal flips when the
