@@ -519,7 +519,8 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                     unchecked = []
                 if logging:
                     means = dist.mean({k: v.item() / count for k, v in sums.items()})
-                    tracker.log({**means, "steps_per_s": step / max(elapsed, 1e-9)}, step)
+                    tracker.log({**means, "lr": rate, "steps_per_s": step / max(elapsed, 1e-9)},
+                                step)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
                     sums, count = {}, 0
                 if saving:

@@ -55,7 +55,7 @@ def job(request, study, latent_cache, tmp_path_factory):
     10; the DVAE has a GAN phase from step 5, so both optimisers resume."""
     import yaml
 
-    long = {**study, "train": LONG}
+    long = {**study, "train": {**LONG, **SCHEDULED}}
     if request.param == "dvae":
         dvae = {**study["dvae"], "gan_weight": 0.1, "gan_start": 5,
                 "train": {**study["dvae"]["train"], **LONG}}
@@ -65,6 +65,11 @@ def job(request, study, latent_cache, tmp_path_factory):
     if request.param == "dvae":
         return ["dvae", "--config", str(path), "--fine-ratio", "0.5"]
     return ["model", "--config", str(path), "--spec", "d2it", "--latents", str(latent_cache)]
+
+
+# The stage-2 run also warms up and decays its rate and keeps a power-function EMA, whose state
+# (the count of averages) must resume too.
+SCHEDULED = {"lr_warmup": 5, "lr_decay": "cosine", "ema_std": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +99,18 @@ def test_sigkill_then_rerun_gives_bit_identical_weights(job, reference_run, tmp_
     assert_same_weights(ema, torch.load(reference_run / "final.pt", weights_only=False)["ema"])
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(5, 41, 5))  # re-logged steps replaced, none doubled
+
+
+def test_logged_rate_follows_the_schedule(job, reference_run):
+    from d2it.schedules import lr_factor
+
+    cfg = {**LONG, **SCHEDULED} if job[0] == "model" else {**LONG, "lr_warmup": 0,
+                                                            "lr_decay": "constant"}
+    logged = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    # the rate of the last step of each logged window
+    expected = [cfg["lr"] * lr_factor(r["step"] - 1, cfg["steps"], cfg["lr_warmup"],
+                                      cfg["lr_decay"]) for r in logged]
+    assert [r["lr"] for r in logged] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
