@@ -560,14 +560,13 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
 
 
 def make_ema(model: torch.nn.Module, cfg: dict) -> AveragedModel | None:
-    """The EMA of the training settings: none, a constant decay (`ema`, DiT's) or EDM2's
-    power-function profile (`ema_std`)."""
+    """The EMA of the training settings: none (`ema: null`), EDM2's power-function profile
+    (`ema_std`) or a constant decay (`ema`, DiT's)."""
+    if cfg["ema"] is None:
+        return None
     if cfg["ema_std"] is not None:
         return AveragedModel(model, avg_fn=power_ema_fn(cfg["ema_std"]), use_buffers=True)
-    if cfg["ema"] is not None:
-        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]),
-                             use_buffers=True)
-    return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
 
 
 def snapshot_path(out: Path, step: int) -> Path:
