@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from d2it import launch
+from d2it import study as studies
 from d2it.config import digest
 from d2it.data.latents import CacheWriter
 from d2it.study import dvae_identity
@@ -53,12 +54,22 @@ def losses(out):
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_training(a, b):
+def assert_same_training(a, b, lr, steps):
+    """Same losses, and the same weights, except where Adam amplifies rounding: its first step
+    moves a weight by lr x sign(gradient), so a gradient at rounding level takes the sign that
+    the reduction order gives it (seen: one DVAE weight of 9216 off by 2.9e-6 at lr 1.4e-4).
+    Wrong rows or a wrong accumulation move most weights, not one in ten thousand."""
     assert losses(b)[0] == pytest.approx(losses(a)[0], rel=1e-5)  # same rows, noise, timesteps
     assert losses(b) == pytest.approx(losses(a), rel=1e-4)  # and the same updates after them
     wa, wb = (torch.load(out / "final.pt", weights_only=False)["model"] for out in (a, b))
+    off = 0
+    total = 0
     for key in wa:
-        torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-6, msg=key)
+        close = torch.isclose(wb[key], wa[key], rtol=1e-4, atol=1e-6)
+        off += int((~close).sum())
+        total += close.numel()
+        assert (wb[key] - wa[key]).abs().max() <= 2 * lr * steps, key
+    assert off <= 1e-4 * total, f"{off} of {total} weights differ"
 
 
 SPLITS = [("dit", 2, 4), ("dit", 1, 2), ("dit", 2, 2), ("d2it", 2, 4), ("d2it", 1, 4),
@@ -81,7 +92,9 @@ def test_any_split_of_the_global_batch_trains_the_same(kind, world, batch_gpu, d
     summary = run(job(kind, ddp_config, latent_cache), tmp_path / "split", world, batch_gpu)
     assert summary["world_size"] == world and summary["batch_gpu"] == batch_gpu
     assert summary["accumulation_rounds"] == 8 // (world * batch_gpu)
-    assert_same_training(reference[kind], tmp_path / "split")
+    resolved = studies.load(ddp_config)
+    train = resolved["dvae"]["train"] if kind == "dvae" else resolved["train"]
+    assert_same_training(reference[kind], tmp_path / "split", train["lr"], train["steps"])
 
 
 def test_each_process_holds_only_its_rows_of_the_cache(trained, ddp_config, latent_cache, tmp_path):

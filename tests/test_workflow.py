@@ -141,8 +141,10 @@ def test_committed_results_without_their_runs_are_remade_and_ones_made_here_kept
     metrics were made here (their receipts exist), deleting the bulky samples remakes nothing."""
     plan = studies.plan(studies.load(REPO / "config" / "cpu.yaml"))
     sets = [ss for row in plan.table_rows("table2") for ss in row.sample_sets]
+    dvaes = {plan.dvae_of(ss.run).folder: plan.dvae_of(ss.run) for ss in sets}.values()
     table = checkout / plan.table_csv("table2")
-    for path in [checkout / ss.metrics for ss in sets] + [table]:  # the table after its metrics
+    results = [ss.metrics for ss in sets] + [plan.recon_json(run) for run in dvaes]
+    for path in [checkout / p for p in results] + [table]:  # the table after its inputs
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("committed\n")
     jobs = dry_run(["--cores", "1", str(plan.table_csv("table2"))], checkout)
@@ -150,11 +152,13 @@ def test_committed_results_without_their_runs_are_remade_and_ones_made_here_kept
     assert sorted(evaluated) == sorted(str(ss.metrics) for ss in sets)
     rules = [job["rule"] for job in jobs]
     assert rules.count("sample") == len(sets) and rules.count("paper_table") == 1
+    assert rules.count("eval_recon") == len(dvaes)  # each row's decode ceiling
     assert "train_model" in rules and "curve_figure" not in rules  # only what Table 2 needs
     assert table.read_text() == "committed\n"  # a dry run changes nothing
     made = table.stat().st_mtime - 60
-    for ss in sets:  # made here before the table, the samples deleted since
-        receipt = checkout / ss.receipt
+    receipts = [ss.receipt for ss in sets] + [plan.recon_receipt(run) for run in dvaes]
+    for path in receipts:  # made here before the table, the samples deleted since
+        receipt = checkout / path
         receipt.parent.mkdir(parents=True, exist_ok=True)
         receipt.touch()
         os.utime(receipt, (made, made))

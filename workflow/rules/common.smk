@@ -119,7 +119,7 @@ def table_inputs(wildcards) -> list:
     sets = [ss for row in PLAN.table_rows(wildcards.table) for ss in row.sample_sets]
     inputs = [ss.metrics for ss in sets]
     if STUDY["metrics"]["class_score"]:  # each row's decode ceiling
-        inputs += sorted({str(PLAN.recon_json(PLAN.dvae_of(ss.run))) for ss in sets})
+        inputs += sorted({PLAN.recon_json(PLAN.dvae_of(ss.run)) for ss in sets})
     remake_unless(PLAN.table_csv(wildcards.table), inputs)
     return inputs
 
