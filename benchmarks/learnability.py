@@ -19,6 +19,7 @@ thread each (the CPU study's setting); a run shared by both is made once (a file
 from __future__ import annotations
 
 import argparse
+import copy
 import fcntl
 import json
 import os
@@ -35,6 +36,7 @@ import yaml
 
 from d2it import study as study_mod
 from d2it.config import digest
+from d2it.errors import D2itError
 from d2it.files import read_json, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,23 +48,22 @@ def derived_study(config: Path, changes: dict, specs: list[str]) -> dict:
     """The study of one candidate: the config with its changes, its data under data/learn/<look>/,
     and one table row per spec (seed 0) instead of the study's tables and figures."""
     raw = yaml.safe_load(config.read_text())
-    overrides = [f"{key}={json.dumps(value)}" for key, value in changes.items()]
-    resolved = study_mod.load(config, overrides)
-    look = digest({"synth": resolved["data"]["synth"],
-                   "resolution": resolved["data"]["resolution"]})[:10]
-    folder = f"data/{STUDY}/{look}"
     for key, value in changes.items():
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    raw["tables"] = {"table2": {"seeds": [0], "rows": {spec: {"spec": spec} for spec in specs}}}
+    raw["figures"] = {}  # (fig6's steps may be past a candidate's shorter run)
+    resolved = study_mod.resolve(copy.deepcopy(raw), f"{config} with {changes}")
+    look = digest({"synth": resolved["data"]["synth"],
+                   "resolution": resolved["data"]["resolution"]})[:10]
+    folder = f"data/{STUDY}/{look}"
     raw["name"] = STUDY
     raw["data"]["manifest"] = f"{folder}/manifest.json"
     raw["grain"]["thresholds"] = f"{folder}/thresholds.json"
     raw["metrics"]["reference_dir"] = f"{folder}/reference"
-    raw["tables"] = {"table2": {"seeds": [0], "rows": {spec: {"spec": spec} for spec in specs}}}
-    raw["figures"] = {}
     return raw
 
 
@@ -113,9 +114,10 @@ def locked(key: str):
         yield
 
 
-def run_candidate(name: str, candidate: dict, base: Path, out: Path, threads: int) -> list[dict]:
+def run_candidate(name: str, candidate: dict, start: dict, base: Path, out: Path,
+                  threads: int) -> list[dict]:
     specs = candidate.get("specs", ["dit"])
-    raw = derived_study(base, candidate.get("set", {}), specs)
+    raw = derived_study(base, {**start, **candidate.get("set", {})}, specs)
     config = ROOT / "runs" / STUDY / "configs" / f"{name}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -189,7 +191,9 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="chains side by side")
     args = parser.parse_args(argv)
 
-    candidates = yaml.safe_load(Path(args.sweep).read_text())["candidates"]
+    sweep = yaml.safe_load(Path(args.sweep).read_text())
+    candidates = sweep["candidates"]
+    start = sweep.get("start", {})
     names = args.only.split(",") if args.only else list(candidates)
     unknown = [n for n in names if n not in candidates]
     if unknown:
@@ -201,14 +205,14 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     threads = 1 if args.jobs > 1 else os.cpu_count()
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {n: pool.submit(run_candidate, n, candidates[n], base, out, threads)
+        futures = {n: pool.submit(run_candidate, n, candidates[n], start, base, out, threads)
                    for n in names}
         rows, failed = [], []
         for n, future in futures.items():
             try:
                 rows += future.result()
-            except RuntimeError as e:
-                failed.append(str(e))
+            except (RuntimeError, D2itError) as e:  # a failed job, a candidate the schema refuses
+                failed.append(f"{n}: {e}")
 
     # Merge with the rows of earlier sweeps; this sweep's replace theirs
     table = out / "learnability.csv"

@@ -171,7 +171,10 @@ def grain_maps_identity(study: dict, fine_ratio: float) -> dict:
 
 
 def _train_identity(train: dict) -> dict:
-    return {k: train[k] for k in TRAIN_IDENTITY}
+    identity = {k: train[k] for k in TRAIN_IDENTITY}
+    if train["ema"] is not None and train["ema_std"] is not None:
+        identity["ema"] = "power"  # ema_std sets the average; the constant decay goes unused
+    return identity
 
 
 def train_settings(study: dict, spec_name: str) -> dict:

@@ -138,6 +138,20 @@ def test_training_settings_move_the_runs_they_reach():
     assert spelled.model("d2it", 0).folder == plan.model("d2it", 0).folder
 
 
+def test_the_constant_decay_names_a_run_only_without_a_power_ema():
+    """With ema_std set the constant `ema` decay goes unused (train.make_ema): changing it leaves
+    the run's name; without ema_std it moves the run, and so does ema_std itself."""
+    def dit_folder(*sets):
+        return studies.plan(studies.load(CONFIGS / "cpu.yaml", list(sets))).model("dit", 0).folder
+
+    power = dit_folder("train.ema_std=0.1")
+    assert dit_folder("train.ema_std=0.1", "train.ema=0.99") == power
+    assert dit_folder("train.ema_std=0.05") != power
+    assert dit_folder("train.ema_std=0.1", "train.ema=null") != power  # no EMA at all
+    constant = dit_folder("train.ema_std=null", "train.ema=0.999")
+    assert dit_folder("train.ema_std=null", "train.ema=0.99") != constant != power
+
+
 def test_seeds_are_a_dimension_of_a_row():
     rows = by_row(plan_rows(CONFIGS / "cpu.yaml", "tables.table2.rows.dit_xl.seeds=[0, 1, 2]"))
     row = rows["table2", "dit_xl"]
