@@ -1,7 +1,7 @@
 """Learnability sweep: does a study's tiny model learn its data, and under which settings best?
 
-Each candidate of a sweep file (default `benchmarks/learnability.yaml`) is the study with some keys
-changed (`set`: dotted key -> value, as `--set` takes them). For each candidate and each of its
+Each candidate of a sweep file (default `benchmarks/learnability.yaml`) is the study with the
+file's `start` keys and then its own (`set`) changed (dotted key -> value, as `--set` takes them). For each candidate and each of its
 specs (`dit`, `d2it`) the sweep runs the study's own jobs through the `d2it` CLI: data, thresholds,
 DVAE (with its reconstructions' class score, the decode ceiling), latents, the grain model for
 D²iT, training seed 0, one sample set of `sampling.n` samples and its metrics. It prints one row
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import fcntl
-import json
 import os
 import shutil
 import subprocess
