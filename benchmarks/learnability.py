@@ -2,7 +2,8 @@
 
 Each candidate of a sweep file (default `benchmarks/learnability.yaml`) is the study with the
 file's `start` keys and then its own (`set`) changed (dotted key -> value, as `--set` takes
-them). For each candidate and each of its specs (`dit`, `d2it`) the sweep runs the study's own jobs through the `d2it` CLI: data, thresholds,
+them). For each candidate and each of its specs (`dit`, `d2it`) the sweep runs the study's own
+jobs through the `d2it` CLI: data, thresholds,
 DVAE (with its reconstructions' class score, the decode ceiling), latents, the grain model for
 D²iT, training seed 0, one sample set of `sampling.n` samples and its metrics. It prints one row
 per (candidate, spec): the class score with its 95 % interval beside both ceilings, fd_effnet,
