@@ -57,6 +57,11 @@ def gpu_hours(flops: float) -> float:
     return flops / (PEAK_FLOPS * MFU) / 3600
 
 
+def rounded(hours: float) -> float:
+    """Three significant digits: tiny studies cost thousandths of an hour."""
+    return float(f"{hours:.3g}")
+
+
 def run_flops(run, resolution: int) -> float:
     """FLOPs of a training run: three forwards per image and step."""
     if run.stage == "dvae":
@@ -94,5 +99,5 @@ def plan_cost(plan) -> dict:
         hours["beyond_first_seed"] += found if ss.run.seed != first else 0.0
     total = hours["dvae"] + hours["train"] + hours["sample"]
     return {"study": plan.name, "runs": len(plan.runs), "sample_sets": len(plan.sample_sets),
-            "gpu_hours": {k: round(v, 1) for k, v in {**hours, "total": total}.items()},
+            "gpu_hours": {k: rounded(v) for k, v in {**hours, "total": total}.items()},
             "gpu_hours_assume": ASSUMES}

@@ -590,7 +590,7 @@ def spec_label(study: dict, spec_name: str) -> str:
 def describe(result: Plan, row: Row) -> dict:
     """One row of `d2it study plan`: the spec resolved, its runs, sample sets and protocol, with
     FLOPs per forward and the GPU-hours of its runs and sets (d2it.cost)."""
-    from d2it.cost import forward_flops, gpu_hours, run_flops, sample_set_flops
+    from d2it.cost import forward_flops, gpu_hours, rounded, run_flops, sample_set_flops
     from d2it.metrics.extractors import protocol_key
     from d2it.report.tables import paper_method
 
@@ -623,7 +623,7 @@ def describe(result: Plan, row: Row) -> dict:
             "grain": forward_flops(model_architecture(study, spec["grain_model"])) / 1e9
             if predicted else 0.0},
         "gpu_hours": {
-            "train": round(sum(gpu_hours(run_flops(ss.run, study["data"]["resolution"]))
-                               for ss in row.sample_sets), 1),
-            "sample": round(sum(gpu_hours(sample_set_flops(ss)) for ss in row.sample_sets), 1)},
+            "train": rounded(sum(gpu_hours(run_flops(ss.run, study["data"]["resolution"]))
+                                 for ss in row.sample_sets)),
+            "sample": rounded(sum(gpu_hours(sample_set_flops(ss)) for ss in row.sample_sets))},
     }

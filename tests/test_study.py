@@ -113,7 +113,7 @@ def test_the_plan_prints_what_the_extra_seeds_cost_and_one_key_removes_them():
     # two more seeds of every run (DVAEs included) and sample set, minus the figures' seed-0 sets
     assert three["gpu_hours"]["train"] == pytest.approx(3 * one["gpu_hours"]["train"], rel=0.3)
     assert three["gpu_hours"]["total"] - one["gpu_hours"]["total"] == pytest.approx(
-        three["gpu_hours"]["beyond_first_seed"], abs=0.2)
+        three["gpu_hours"]["beyond_first_seed"], abs=1.5)  # each rounded to 3 digits
     rows = by_row(plan_rows(CONFIGS / "imagenet256.yaml", "tables.table2.seeds=[0]"))
     assert all(row["seeds"] == [0] for row in rows.values())
 
