@@ -149,11 +149,13 @@ def cmd_study_dvc(args) -> None:
 
 
 def cmd_study_plan(args) -> list[dict]:
+    from d2it.cost import plan_cost
     from d2it.study import describe
 
     plan = _plan(args)
     rows = plan.table_rows(args.table) if args.table else plan.rows
-    return [describe(plan, row) for row in rows]
+    # the last line: what the whole study costs (every table and figure, whatever --table)
+    return [describe(plan, row) for row in rows] + [plan_cost(plan)]
 
 
 def _write_table(table, out: Path) -> dict:

@@ -108,6 +108,15 @@ def check(study: dict, source: str) -> None:
             if settings["at_step"] is not None and settings["at_step"] > steps:
                 raise D2itError(f"{where}.at_steps: {settings['at_step']} is past the "
                                 f"{steps} training steps of specs.{settings['spec']}")
+    control = study["verdict"]["positive_control"]
+    if isinstance(control, dict):
+        where = f"{source}: verdict.positive_control"
+        rows = study["tables"].get(control["table"], {}).get("rows", {})
+        if control["row"] not in rows:
+            raise D2itError(f"{where}: {control['table']}/{control['row']} is not a row of the "
+                            f"study (tables: {', '.join(study['tables']) or 'none'})")
+        if train_settings(study, rows[control["row"]]["spec"])["steps"] < 2:
+            raise D2itError(f"{where}: its spec trains fewer than 2 steps: no half-way EMA")
     for fig in (f for f in SAMPLE_FIGURES if f in study["figures"]):
         figure = study["figures"][fig]
         _check_row(study, f"{source}: figures.{fig}", figure_settings(study, fig))
@@ -323,6 +332,8 @@ class Plan:
     curve_specs: dict[str, list[str]] = field(default_factory=dict)  # the spec of each, by name
     recon: list[Run] = field(default_factory=list)  # DVAEs of the reconstruction table
     snapshots: dict[str, set[int]] = field(default_factory=dict)  # run key -> steps kept
+    # the positive control: a row and its runs' sample sets at half their training steps
+    control: tuple[Row, list[SampleSet]] | None = None
 
     @property
     def name(self) -> str:
@@ -517,9 +528,26 @@ def plan(study: dict) -> Plan:
         result.curves[fig] = [result.sample_set(*point) for point in points]
         result.curve_specs[fig] = [name for name, _, _ in points]
     result.fig5_dvaes()  # registers Fig. 5's DVAEs (rFD of each ratio) with the plan
+    row = control_row(study, result.rows)
+    if row is not None:
+        half = {**row.settings, "at_step": train_settings(study, row.spec)["steps"] // 2}
+        result.control = (row, [result.sample_set(row.spec, ss.run.seed, half)
+                                for ss in row.sample_sets])
     recon = study["recon"]
     result.recon = [result.dvae(r, s) for r in recon["fine_ratios"] for s in recon["seeds"]]
     return result
+
+
+def control_row(study: dict, rows: list[Row]) -> Row | None:
+    """The row of the positive control (`verdict.positive_control`): `auto` takes the first row
+    of most training seeds, whose runs train two steps or more."""
+    choice = study["verdict"]["positive_control"]
+    rows = [r for r in rows if train_settings(study, r.spec)["steps"] >= 2]
+    if choice is None or not rows:
+        return None
+    if choice == "auto":
+        return max(rows, key=lambda r: len(r.sample_sets))
+    return next(r for r in rows if (r.table, r.id) == (choice["table"], choice["row"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,7 +588,9 @@ def spec_label(study: dict, spec_name: str) -> str:
 
 
 def describe(result: Plan, row: Row) -> dict:
-    """One row of `d2it study plan`: the spec resolved, its runs, sample sets and protocol."""
+    """One row of `d2it study plan`: the spec resolved, its runs, sample sets and protocol, with
+    FLOPs per forward and the GPU-hours of its runs and sets (d2it.cost)."""
+    from d2it.cost import forward_flops, gpu_hours, rounded, run_flops, sample_set_flops
     from d2it.metrics.extractors import protocol_key
     from d2it.report.tables import paper_method
 
@@ -588,4 +618,12 @@ def describe(result: Plan, row: Row) -> dict:
         "sampler": s["sampler"], "sampling_steps": s["steps"], "n": s["n"],
         "cfg_scale": s["cfg_scale"], "grain_source": s["grain_source"],
         "protocol": protocol_key(study["metrics"], s["n"]),
+        "gflops_per_forward": {
+            "content": forward_flops(arch) / 1e9,
+            "grain": forward_flops(model_architecture(study, spec["grain_model"])) / 1e9
+            if predicted else 0.0},
+        "gpu_hours": {
+            "train": rounded(sum(gpu_hours(run_flops(ss.run, study["data"]["resolution"]))
+                                 for ss in row.sample_sets)),
+            "sample": rounded(sum(gpu_hours(sample_set_flops(ss)) for ss in row.sample_sets))},
     }

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from d2it import study as studies
 
@@ -34,7 +35,18 @@ def plan_rows(config: Path, *sets: str, cli: bool = False) -> list[dict]:
     proc = subprocess.run(args + [a for s in sets for a in ("--set", s)], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return [json.loads(line) for line in proc.stdout.splitlines()]
+    *rows, cost = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert "gpu_hours" in cost and "table" not in cost  # the last line: the study's cost
+    return rows
+
+
+def plan_cost(config: Path, *sets: str) -> dict:
+    """The last line of `d2it study plan`: what the whole study costs."""
+    args = [sys.executable, "-m", "d2it.cli", "study", "plan", "--config", str(config)]
+    proc = subprocess.run(args + [a for s in sets for a in ("--set", s)], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1])
 
 
 def by_row(rows):
@@ -61,6 +73,11 @@ def test_imagenet_plan_lists_table2_at_paper_scale():
         assert all(d.startswith("runs/imagenet256/")
                    for d in row["run_dirs"] + row["dvae_run_dirs"])
     assert rows["table2", "dit_xl_g"]["cfg_scale"] == 1.5 and d2it["grain_source"] == "predicted"
+    # the primary claims' rows: three training seeds, each on its own DVAE
+    assert all(row["seeds"] == [0, 1, 2] for row in rows.values())
+    assert len(set(dit["dvae_run_dirs"])) == 3
+    # FLOPs per forward: DiT's paper gives 118.6 GFLOPs for XL/2, counting a multiply-add as one
+    assert dit["gflops_per_forward"]["content"] == pytest.approx(2 * 118.6, rel=1e-3)
     assert rows["table2", "dit_xl_g"]["run_dirs"] == dit["run_dirs"]  # one spec, one run
     assert rows["table2", "dit_xl_g"]["sample_sets"] != dit["sample_sets"]
     assert d2it["grain_run_dirs"] and d2it["dvae_run_dirs"] != dit["dvae_run_dirs"]  # r = 0.5 vs 1
@@ -82,10 +99,35 @@ def test_ffhq_plan_has_the_paper_sizes_per_table():
               for r in ("r12_0", "r10_2", "r8_4", "r12_2", "r12_4")}
     assert table4 == {"r12_0": (12, 0), "r10_2": (10, 2), "r8_4": (8, 4), "r12_2": (12, 2),
                       "r12_4": (12, 4)}
-    # shared
-    assert rows["table3", "d2it_b"]["sample_sets"] == rows["table4", "r10_2"]["sample_sets"]
+    # shared: Table 4's one seed is Table 3's first
+    assert rows["table3", "d2it_b"]["sample_sets"][:1] == rows["table4", "r10_2"]["sample_sets"]
+    assert all(rows[key]["seeds"] == [0, 1, 2] for key in rows if key[0] != "table4")
     sources = {r: rows["table5", r]["grain_source"] for r in ("random", "gt", "predicted")}
     assert sources == {"random": "random", "gt": "gt", "predicted": "predicted"}
+
+
+def test_the_plan_prints_what_the_extra_seeds_cost_and_one_key_removes_them():
+    three = plan_cost(CONFIGS / "imagenet256.yaml")
+    one = plan_cost(CONFIGS / "imagenet256.yaml", "tables.table2.seeds=[0]")
+    assert three["gpu_hours"]["beyond_first_seed"] > 0 and one["gpu_hours"]["beyond_first_seed"] == 0
+    # two more seeds of every run (DVAEs included) and sample set, minus the figures' seed-0 sets
+    assert three["gpu_hours"]["train"] == pytest.approx(3 * one["gpu_hours"]["train"], rel=0.3)
+    assert three["gpu_hours"]["total"] - one["gpu_hours"]["total"] == pytest.approx(
+        three["gpu_hours"]["beyond_first_seed"], abs=1.5)  # each rounded to 3 digits
+    rows = by_row(plan_rows(CONFIGS / "imagenet256.yaml", "tables.table2.seeds=[0]"))
+    assert all(row["seeds"] == [0] for row in rows.values())
+
+
+def test_flops_per_forward_match_dits_published_counts():
+    """DiT's paper (Table 4) counts 118.6 and 23.01 GFLOPs for XL/2 and B/2 at 256 px, a
+    multiply-add as one; torch's counter counts it as two."""
+    from d2it.cost import forward_flops
+
+    study = studies.load(CONFIGS / "imagenet256.yaml")
+    assert forward_flops(studies.model_architecture(study, "dit_xl")) / 1e9 == pytest.approx(
+        2 * 118.6, rel=1e-3)
+    assert forward_flops(studies.model_architecture(study, "dit_b")) / 1e9 == pytest.approx(
+        2 * 23.01, rel=1e-3)
 
 
 def run_dirs(rows) -> dict:
@@ -108,10 +150,12 @@ def test_a_d2it_key_leaves_the_dit_run_alone():
     base = run_dirs(plan_rows(CONFIGS / "imagenet256.yaml"))
     changed = run_dirs(plan_rows(CONFIGS / "imagenet256.yaml", "specs.d2it_xl.refine_depth=3"))
     assert changed["table2", "dit_xl"] == base["table2", "dit_xl"]
-    # the content model moves
-    assert changed["table2", "d2it_xl"][0] != base["table2", "d2it_xl"][0]
+    # the content model moves, for every seed
+    seeds = 3
+    moved = zip(changed["table2", "d2it_xl"][:seeds], base["table2", "d2it_xl"][:seeds])
+    assert all(a != b for a, b in moved)
     # its grain model and DVAE stay
-    assert changed["table2", "d2it_xl"][1:] == base["table2", "d2it_xl"][1:]
+    assert changed["table2", "d2it_xl"][seeds:] == base["table2", "d2it_xl"][seeds:]
 
 
 def test_settings_that_cannot_change_weights_or_samples_name_nothing():

@@ -71,7 +71,7 @@ def plan_rows(config: str, cwd: Path) -> list[dict]:
     proc = subprocess.run([*D2IT, "study", "plan", "--config", config], capture_output=True,
                           text=True, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return [json.loads(line) for line in proc.stdout.splitlines()]
+    return [json.loads(line) for line in proc.stdout.splitlines()][:-1]  # less the cost line
 
 
 @pytest.mark.parametrize("study", ["imagenet256", "ffhq256"])
@@ -102,9 +102,9 @@ def test_readme_cluster_command_resolves_to_the_planned_paper_jobs(study, checko
         assert dit["params"]["content"] == 675_129_632 and dit["train_steps"] == 400_000
         assert ((dit["n"], dit["sampler"], dit["sampling_steps"], dit["protocol"])
                 == (50_000, "ddpm", 250, "fid50k"))
-        # DiT-XL/2, D²iT-XL and its grain model (the -G rows reuse them), and Fig. 6's DiT-B/2
-        # and D²iT-B (its grain model is D²iT-XL's: same grain maps)
-        assert len(trains) == 5
+        # DiT-XL/2, D²iT-XL and its grain model over three seeds (the -G rows reuse them), and
+        # Fig. 6's DiT-B/2 and D²iT-B (seed 0; its grain model is D²iT-XL's: same grain maps)
+        assert len(trains) == 3 * 3 + 2
         at = {step: [n for n in samples if f"-at{step}-" in n] for step in (100_000, 300_000)}
         assert [len(v) for v in at.values()] == [4, 4]  # B and XL, DiT and D²iT
     else:  # FFHQ: Tables 3/4 at B, Tables 1/5 at L, FID-10K

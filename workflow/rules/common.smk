@@ -153,6 +153,7 @@ def samples_of(png: Path, sets: list) -> list:
 def verdict_inputs(wildcards) -> list:
     sets = [ss for row in PLAN.rows for ss in row.sample_sets]
     sets += [ss for curve in PLAN.curves.values() for ss in curve]
+    sets += PLAN.control[1] if PLAN.control else []  # the positive control's half-way sets
     inputs = [ss.metrics for ss in sets] + [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()]
     remake_unless(PLAN.verdict_md, inputs)
     return inputs
