@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from d2it import study as studies
 from d2it.batch_fit import fit_batch_gpu
+from d2it.cost import PEAK_TFLOPS
 from d2it.data.latents import CacheWriter, LatentCache
 from d2it.diffusion import GaussianDiffusion, guided
 from d2it.errors import D2itError
@@ -34,8 +35,6 @@ from d2it.stage2 import TASKS
 from d2it.train import Shard, autocast, compile_network, memory, on_gpu
 
 # Dense bf16 tensor-core peaks (TFLOP/s, vendors' data sheets), matched against the device name.
-PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1,
-               "A10G": 125.0, "RTX 4090": 165.2}
 KINDS = ("dit", "d2it")
 
 

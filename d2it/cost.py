@@ -15,12 +15,14 @@ from functools import cache
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from d2it.models import build, dvae_architecture
-from d2it.models.dvae import PRESETS
+from d2it.models import build, dvae_architecture, latent_geometry
 
-# H100 SXM's dense bf16 peak; 25 %: DiT-XL/2 at batch 64, bf16 eager, trained at 340 img/s on one
+# Data-sheet dense bf16 peaks (TFLOP/s) of the GPUs `d2it bench` knows by name.
+PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1,
+               "A10G": 125.0, "RTX 4090": 165.2}
+# GPU-hours are H100-hours at 25 %: DiT-XL/2 at batch 64, bf16 eager, trained at 340 img/s on one
 # H200 (README benchmarks), which is 24 % of this peak at 712 GFLOP per image and step.
-PEAK_FLOPS = 989e12
+PEAK_FLOPS = PEAK_TFLOPS["H100"] * 1e12
 MFU = 0.25
 ASSUMES = "H100 bf16 peak 989 TFLOP/s at 25 % MFU; DVAE losses' networks and metrics left out"
 
@@ -29,7 +31,7 @@ def _inputs(arch: dict) -> tuple:
     """One image's inputs to a network of this architecture (on the current device)."""
     if arch["kind"] == "dvae":
         side = arch["resolution"]
-        coarse = side // (2 * PRESETS[arch["preset"]]["fine_factor"])
+        coarse = latent_geometry(arch["preset"], side)["size"] // 2  # one cell per 2x2 latents
         return torch.zeros(1, 3, side, side), torch.ones(1, coarse, coarse, dtype=torch.bool)
     side = arch["input_size"]
     x = torch.zeros(1, arch["in_channels"], side, side)

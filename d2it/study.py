@@ -623,7 +623,9 @@ def describe(result: Plan, row: Row) -> dict:
             "grain": forward_flops(model_architecture(study, spec["grain_model"])) / 1e9
             if predicted else 0.0},
         "gpu_hours": {
-            "train": rounded(sum(gpu_hours(run_flops(ss.run, study["data"]["resolution"]))
-                                 for ss in row.sample_sets)),
+            # the row's content and grain-model runs (its DVAEs are in the study's cost line)
+            "train": rounded(sum(gpu_hours(run_flops(run, study["data"]["resolution"]))
+                                 for ss in row.sample_sets
+                                 for run in (ss.run, ss.grain_run) if run is not None)),
             "sample": rounded(sum(gpu_hours(sample_set_flops(ss)) for ss in row.sample_sets))},
     }
