@@ -228,6 +228,13 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     s = {k: settings[k] for k in SETTINGS if k != "at_step"}
     s["at_step"] = settings.get("at_step")  # a row's sampling has none
     job = sampling_job(Path(run_dir), s, grain_run, dist.device)
+    return draw(job, dist, out, grid, {"run": str(run_dir),
+                                       "grain_run": str(grain_run) if grain_run else None})
+
+
+def draw(job: DiTSampling, dist: Distributed, out: Path, grid: Path | None, source: dict) -> dict:
+    """Draw a job's N samples into `out`, its JSON and grid; `source` says what was sampled."""
+    s = job.s
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     names = ("arr_0", "labels", "grain")
@@ -257,7 +264,7 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     kind = "d2it" if isinstance(job, D2iTSampling) else "dit"
     write_grid(arrays["arr_0"][:64], arrays["grain"][:64] if kind == "d2it" else None, grid)
     result = {"samples": str(out), "grid": str(grid), "n": len(arrays["arr_0"]), "kind": kind,
-              "run": str(run_dir), "grain_run": str(grain_run) if grain_run else None, **job.params,
+              **source, **job.params,
               "grain_source": job.source if kind == "d2it" else None,
               "conditional": job.classes > 1,
               "fine_fraction": float(arrays["grain"].mean()),
