@@ -148,6 +148,15 @@ def cmd_study_dvc(args) -> None:
     print(dvc_yaml(configs), end="")
 
 
+def cmd_study_anchor(args) -> dict:
+    from d2it.anchor import anchor
+
+    plan = _plan(args)
+    return anchor(plan.study, Path(args.dit_checkpoint), Path(args.vae),
+                  plan.runs_dir / "anchor", plan.results_dir / "anchor.json",
+                  tuple(args.cfg_scale))
+
+
 def cmd_study_plan(args) -> list[dict]:
     from d2it.cost import plan_cost
     from d2it.study import describe
@@ -332,6 +341,14 @@ def parser() -> argparse.ArgumentParser:
     sp = with_config(st.add_parser("plan", help="one JSON line per table row, resolved"))
     sp.add_argument("--table", help="only this table's rows, e.g. table2")
     sp.set_defaults(fn=cmd_study_plan)
+    sp = with_config(st.add_parser("anchor", help="the official DiT-XL/2 checkpoint through "
+                                   "this sampler and evaluator, beside DiT's published FID"))
+    sp.add_argument("--dit-checkpoint", required=True, help="e.g. DiT-XL-2-256x256.pt")
+    sp.add_argument("--vae", required=True,
+                    help="SD-VAE folder (diffusers AutoencoderKL: config.json + weights)")
+    sp.add_argument("--cfg-scale", type=float, nargs="+", default=[1.5, 1.0],
+                    help="guidance scales (DiT's published: 1.5 -> 2.27, 1.0 -> 9.62)")
+    sp.set_defaults(fn=cmd_study_anchor)
     sp = st.add_parser("keys", help="every config key as Markdown (config/README.md)")
     sp.set_defaults(fn=cmd_study_keys)
     sp = st.add_parser("dvc", help="dvc.yaml: one DVC stage per study config")

@@ -90,11 +90,11 @@ class DiTSampling:
         """Side of the grain map (one cell per 2x2 latent block)."""
         return self.latent["size"] // 2
 
-    def labels(self, idx) -> torch.Tensor:
+    def labels(self, idx, stream: str = "label") -> torch.Tensor:
         if self.s["classes"]:
             return torch.tensor([self.s["classes"][i % len(self.s["classes"])] for i in idx])
         return torch.stack([torch.randint(self.classes, (), generator=g)
-                            for g in generators(self.s["seed"], "label", idx)])
+                            for g in generators(self.s["seed"], stream, idx)])
 
     def grain(self, idx, labels) -> torch.Tensor:
         return torch.ones(len(idx), self.side, self.side, dtype=torch.bool, device=self.device)
@@ -139,16 +139,21 @@ class D2iTSampling(DiTSampling):
             if grain_maps_of(grain_record["identity"]) != grain_maps_of(record["identity"]):
                 raise D2itError(f"{grain_run}: trained on other grain maps than {run_dir}")
             self.grain_model.to(device)
+            self.params["grain_params_M"] = _millions(self.grain_model)
+            if settings["cfg_scale"] != 1 and (self.grain_model.y_embedder.embedding_table
+                                               .num_embeddings > self.classes):
+                # the grain map follows the row's guidance, as the content does
+                self.grain_model = guided(self.grain_model, self.classes, settings["cfg_scale"])
             self.grain_sampler = _sampler(grain_record["identity"]["diffusion"], settings,
                                           grain_record["arch"]["learn_sigma"])
-            self.params["grain_params_M"] = _millions(self.grain_model)
+            self.params["grain_threshold"] = self.calibrate()
         if self.source == "gt":  # held-out maps, each with its own image's label
             cache = LatentCache(self.latent["cache"])
             self.heldout = (cache.array("heldout", "grain"), cache.array("heldout", "labels"))
 
-    def labels(self, idx) -> torch.Tensor:
+    def labels(self, idx, stream: str = "label") -> torch.Tensor:
         if self.source != "gt" or self.classes == 1:
-            return super().labels(idx)
+            return super().labels(idx, stream)
         labels = self.heldout[1]
         return torch.as_tensor(labels[np.asarray(idx) % len(labels)])
 
@@ -156,15 +161,34 @@ class D2iTSampling(DiTSampling):
         if self.source == "gt":
             maps = self.heldout[0]
             return torch.as_tensor(maps[np.asarray(idx) % len(maps), 0])
-        seeds = generators(self.s["seed"], "grain", idx)
         if self.source == "random":  # each region fine with the dataset's fine fraction
             fraction = self.latent["fine_fraction"]
             return torch.stack([torch.rand(self.side, self.side, generator=g) < fraction
-                                for g in seeds])
+                                for g in generators(self.s["seed"], "grain", idx)])
+        return self.predicted(idx, labels, "grain") > self.params["grain_threshold"]
+
+    def predicted(self, idx, labels, stream: str) -> torch.Tensor:
+        """The grain model's continuous maps (N x side x side) of samples idx of a stream."""
+        seeds = generators(self.s["seed"], stream, idx)
         shape = (len(idx), 1, self.side, self.side)
         x = self.grain_sampler(lambda x, t: self.grain_model(x, t, labels),
                                lambda sh: randn(sh, seeds).to(self.device), shape)
-        return x[:, 0] > 0
+        return x[:, 0]
+
+    @torch.no_grad()
+    def calibrate(self) -> float:
+        """Where the continuous maps are cut into fine and coarse: at the quantile of
+        `grain_calibration` maps drawn for it (labels as the set's) that makes their fine fraction
+        the one the content model trained on; at 0, the midpoint of the ±1 targets, when none."""
+        count = self.s["grain_calibration"]
+        if count == 0:
+            return 0.0
+        values = []
+        for start in tqdm(range(0, count, self.s["batch_size"]), desc="calibrate", unit="batch"):
+            idx = range(start, min(count, start + self.s["batch_size"]))
+            labels = self.labels(idx, "calibration label").to(self.device)
+            values.append(self.predicted(idx, labels, "calibration grain").flatten().float())
+        return torch.quantile(torch.cat(values).cpu(), 1 - self.latent["fine_fraction"]).item()
 
     def noise(self, grain, gens):
         if not self.multigrain:
@@ -204,6 +228,13 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     s = {k: settings[k] for k in SETTINGS if k != "at_step"}
     s["at_step"] = settings.get("at_step")  # a row's sampling has none
     job = sampling_job(Path(run_dir), s, grain_run, dist.device)
+    return draw(job, dist, out, grid, {"run": str(run_dir),
+                                       "grain_run": str(grain_run) if grain_run else None})
+
+
+def draw(job: DiTSampling, dist: Distributed, out: Path, grid: Path | None, source: dict) -> dict:
+    """Draw a job's N samples into `out`, its JSON and grid; `source` says what was sampled."""
+    s = job.s
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     names = ("arr_0", "labels", "grain")
@@ -233,7 +264,7 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     kind = "d2it" if isinstance(job, D2iTSampling) else "dit"
     write_grid(arrays["arr_0"][:64], arrays["grain"][:64] if kind == "d2it" else None, grid)
     result = {"samples": str(out), "grid": str(grid), "n": len(arrays["arr_0"]), "kind": kind,
-              "run": str(run_dir), "grain_run": str(grain_run) if grain_run else None, **job.params,
+              **source, **job.params,
               "grain_source": job.source if kind == "d2it" else None,
               "conditional": job.classes > 1,
               "fine_fraction": float(arrays["grain"].mean()),

@@ -28,8 +28,8 @@ LOSS_SWITCHES = ("dynamic_grain_loss", "coarse_weight", "fine_weight", "multigra
 SWITCHES = ("routing", "dynamic_grain_loss", "learnable_pos", "multigrain_noise")
 ROW_KEYS = ("seeds", "sampler", "steps", "n", "cfg_scale", "grain_source")
 # Sampling settings that change an image (the batch size does not: sample i depends on (seed, i)).
-SAMPLE_IDENTITY = ("grain_source", "cfg_scale", "cfg_channels", "sampler", "steps", "n", "seed",
-                   "bf16", "classes", "at_step")
+SAMPLE_IDENTITY = ("grain_source", "grain_calibration", "cfg_scale", "cfg_channels", "sampler",
+                   "steps", "n", "seed", "bf16", "classes", "at_step")
 SAMPLE_FIGURES = ("fig3", "fig4")  # grids of one sample set each
 CURVE_FIGURES = ("fig5", "fig6")  # curves over many sample sets
 # Metrics settings that change a number (batch size, workers and cache folders do not).
@@ -386,6 +386,8 @@ class Plan:
         if settings["cfg_scale"] == 1:
             settings["cfg_channels"] = None  # no guidance: which channels it would touch is moot
         predicted = settings["grain_source"] == "predicted"
+        if not predicted:
+            settings["grain_calibration"] = None  # only predicted maps are cut
         grain_run = self.grain_model(spec_name, seed) if predicted else None
         at_step = settings.get("at_step")
         settings["at_step"] = at_step

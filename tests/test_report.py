@@ -41,9 +41,21 @@ def table2_plan(tmp_path, dataset):
 def test_table_puts_paper_values_and_ours_in_separate_named_columns(table2_plan):
     for i, row in enumerate(table2_plan.table_rows("table2")):
         write_metrics(row.sample_sets[0].metrics, 100.0 + i)
-    table = paper_table(table2_plan, "table2")
+    full = paper_table(table2_plan, "table2")
+    table = full.dropna(subset=["ours"])
     assert list(table["method"]) == [row["method"] for row in PAPER["table2"]["rows"].values()]
     assert list(table["paper FID-50K"]) == [9.62, 5.74, 2.27, 1.73]  # the paper's, verbatim
+    # each paper number with the budget it came from: DiT's rows are DiT's 7M-step models
+    assert list(table["paper_train_steps"]) == [7000000, "unknown", 7000000, "unknown"]
+    assert table["paper_autoencoder"][1] == "D²iT's DVAE"
+    # DiT-XL/2 at 400K steps, a budget this harness can match, as a sourced reference row
+    (reference,) = full[full["ours"].isna()].to_dict(orient="records")
+    assert reference["paper FID-50K"] == 19.5 and reference["paper_train_steps"] == 400000
+    assert "facebookresearch/DiT" in reference["paper_protocol"]
+    assert np.isnan(reference["fd_effnet_1k"])  # no number of ours beside it
+    # FLOPs per forward beside the parameters: DiT-tiny/2 is 4 blocks of width 128 at 64 tokens
+    assert table["ours_gflops"][0] == pytest.approx(0.1108, abs=1e-4)
+    assert table["ours_gflops"][1] > 0 and table["ours_gflops"][1] != table["ours_gflops"][0]
     assert list(table["fd_effnet_1k"]) == [100.0, 101.0, 102.0, 103.0]
     assert list(table["fd_effnet_1k_ci95_low"]) == [99.0, 100.0, 101.0, 102.0]
     assert "fid50k" not in table.columns  # an EfficientNet FD never goes under an FID name
@@ -55,7 +67,8 @@ def test_table_puts_paper_values_and_ours_in_separate_named_columns(table2_plan)
 def test_inception_at_the_paper_count_gets_the_paper_metric_name(table2_plan):
     for row in table2_plan.table_rows("table2"):
         write_metrics(row.sample_sets[0].metrics, 5.0, INCEPTION, 50_000)
-    assert list(paper_table(table2_plan, "table2")["fid50k"]) == [5.0] * 4
+    table = paper_table(table2_plan, "table2").dropna(subset=["ours"])
+    assert list(table["fid50k"]) == [5.0] * 4
 
 
 def test_rows_over_seeds_report_mean_and_spread(tmp_path, dataset):
@@ -66,7 +79,7 @@ def test_rows_over_seeds_report_mean_and_spread(tmp_path, dataset):
     assert [ss.run.seed for ss in row.sample_sets] == [0, 1, 2]
     for fd, ss in zip((10.0, 12.0, 17.0), row.sample_sets):
         write_metrics(ss.metrics, fd)
-    table = paper_table(plan, "table2")
+    table = paper_table(plan, "table2").dropna(subset=["ours"])
     assert table["fd_effnet_1k"].item() == pytest.approx(13.0)
     assert table["fd_effnet_1k_std"].item() == pytest.approx(np.std([10, 12, 17], ddof=1))
     assert table["seeds"].item() == "0 1 2"
@@ -96,8 +109,26 @@ def test_class_score_rows_carry_both_ceilings(table2_plan):
         table2_plan.recon_json(dvae).parent.mkdir(parents=True, exist_ok=True)
         table2_plan.recon_json(dvae).write_text(json.dumps({"class_acc_decoded": decoded}))
     table = paper_table(table2_plan, "table2")
+    table = table.dropna(subset=["ours"])
     assert list(table["class_acc_ceiling"]) == [0.99] * 4
     assert list(table["class_acc_ceiling_decoded"]) == [0.9, 0.8, 0.9, 0.8]
+
+
+def test_rows_report_the_fine_fraction_sampled_and_trained_on(tmp_path, dataset):
+    """From each seed's sampling record: the maps' fine fraction (mean over seeds) beside the
+    fraction the model trained on."""
+    rows = {"d2it_xl": {"spec": "d2it", "seeds": [0, 1]}}
+    plan = studies.plan(studies.resolve(tiny_study(tmp_path, dataset,
+                                                   tables={"table2": {"rows": rows}}), "t"))
+    (row,) = plan.table_rows("table2")
+    for fraction, ss in zip((0.48, 0.54), row.sample_sets):
+        write_metrics(ss.metrics, 10.0)
+        data = json.loads(ss.metrics.read_text())
+        data["sampling"] = {"fine_fraction": fraction, "gt_fine_fraction_train": 0.5}
+        ss.metrics.write_text(json.dumps(data))
+    table = paper_table(plan, "table2").dropna(subset=["ours"])
+    assert table["fine_fraction"].item() == pytest.approx(0.51)
+    assert table["fine_fraction_train"].item() == 0.5
 
 
 def test_missing_metrics_are_named(table2_plan):

@@ -36,6 +36,45 @@ def test_d2it_samples_are_adm_npz_with_grain_maps(trained, models, tmp_path, sou
         assert np.array_equal(data["labels"], cache.array("heldout", "labels")[:6])
 
 
+def test_predicted_maps_are_cut_at_the_training_fine_fraction(trained, models, tmp_path):
+    """Cut at 0, the 3-step grain model's maps hold whatever fine fraction it drifts to; cut at
+    the calibrated quantile, a set drawn with other seeds lands on the training fraction."""
+    study = trained[0]
+    cut = {count: sample(models["d2it"], settings(study, n=48, batch_size=48,
+                                                  grain_calibration=count),
+                         tmp_path / f"c{count}.npz", grain_run=models["grain"])
+           for count in (0, 96)}
+    train = cut[96]["gt_fine_fraction_train"]
+    assert cut[0]["grain_threshold"] == 0.0 and cut[96]["grain_threshold"] != 0.0
+    assert abs(cut[96]["fine_fraction"] - train) < 0.05
+    assert abs(cut[96]["fine_fraction"] - train) < abs(cut[0]["fine_fraction"] - train)
+    # the samples' own maps, not only the recorded fraction
+    assert np.load(tmp_path / "c96.npz")["grain"].mean() == pytest.approx(cut[96]["fine_fraction"])
+
+
+def test_guided_rows_guide_the_grain_model_too(trained, models, tmp_path, monkeypatch):
+    """At cfg_scale > 1 the grain model also sees the null label (the unconditional branch of
+    guidance); unguided, it sees only the samples' labels."""
+    from d2it.models.dit import DiT
+
+    study = trained[0]
+    seen = []
+    forward = DiT.forward
+
+    def spy(self, x, t, y, force_drop_ids=None):
+        if self.x_embedder.proj.in_channels == 1:  # the grain model: one channel
+            seen.append(y.clone())
+        return forward(self, x, t, y, force_drop_ids)
+
+    monkeypatch.setattr(DiT, "forward", spy)
+    null = study["data"]["classes"]
+    for scale in (1.0, 1.5):
+        seen.clear()
+        sample(models["d2it"], settings(study, cfg_scale=scale, grain_calibration=0),
+               tmp_path / f"g{scale}.npz", grain_run=models["grain"])
+        assert seen and any((y == null).any() for y in seen) == (scale > 1)
+
+
 def test_sample_set_does_not_depend_on_batching(trained, models, tmp_path):
     study = trained[0]
     a = sample(models["dit"], settings(study), tmp_path / "a.npz")

@@ -64,8 +64,10 @@ def test_imagenet_plan_lists_table2_at_paper_scale():
     dit, d2it = rows["table2", "dit_xl"], rows["table2", "d2it_xl"]
     assert dit["label"] == "DiT-XL/2" and dit["params"] == {"content": 675_129_632, "grain": 0,
                                                             "total": 675_129_632}
-    grain = dit_parameters(384, 6, 256, 1, 1, 1001)  # the Dynamic Grain Transformer on 16 x 16 maps
+    grain = dit_parameters(384, 3, 256, 1, 1, 1001)  # the Dynamic Grain Transformer on 16 x 16 maps
     assert d2it["params"] == {"content": 677_803_432, "grain": grain, "total": 677_803_432 + grain}
+    # the paper's D²iT-XL: 687M in all
+    assert d2it["params"]["total"] == pytest.approx(687e6, rel=0.01)
     for row in rows.values():
         assert (row["n"], row["sampler"], row["sampling_steps"]) == (50_000, "ddpm", 250)
         assert ((row["train_steps"], row["global_batch"], row["protocol"])
@@ -104,6 +106,26 @@ def test_ffhq_plan_has_the_paper_sizes_per_table():
     assert all(rows[key]["seeds"] == [0, 1, 2] for key in rows if key[0] != "table4")
     sources = {r: rows["table5", r]["grain_source"] for r in ("random", "gt", "predicted")}
     assert sources == {"random": "random", "gt": "gt", "predicted": "predicted"}
+
+
+def test_d2it_totals_match_the_papers_budgets():
+    """D²iT-L 467M and D²iT-XL 687M (content + grain model) within 1 %; D²iT-B, which the paper
+    does not size, keeps XL's overhead over DiT (687 / 675) within 1 %; the CPU study's D²iT-tiny
+    totals DiT-tiny within 2 %."""
+    ffhq = by_row(plan_rows(CONFIGS / "ffhq256.yaml"))
+    imagenet = by_row(plan_rows(CONFIGS / "imagenet256.yaml"))
+    cpu = by_row(plan_rows(CONFIGS / "cpu.yaml"))
+    total = {key: row["params"]["total"] for key, row in ffhq.items()}
+    assert total["table1", "d2it_l"] == pytest.approx(467e6, rel=0.01)
+    assert total["table3", "d2it_b"] / total["table3", "dit_b"] == pytest.approx(687 / 675,
+                                                                                 rel=0.01)
+    study = studies.load(CONFIGS / "imagenet256.yaml")
+    b = {spec: studies.parameters(study, spec) for spec in ("dit_b", "d2it_b", "dgt_b")}
+    assert (b["d2it_b"] + b["dgt_b"]) / b["dit_b"] == pytest.approx(687 / 675, rel=0.01)
+    assert imagenet["table2", "d2it_xl"]["params"]["total"] == pytest.approx(687e6, rel=0.01)
+    for table, dit, d2it in (("table1", "dit_l", "d2it_l"), ("table2", "dit_xl", "d2it_xl")):
+        assert (cpu[table, d2it]["params"]["total"]
+                == pytest.approx(cpu[table, dit]["params"]["total"], rel=0.02))
 
 
 def test_the_plan_prints_what_the_extra_seeds_cost_and_one_key_removes_them():

@@ -20,7 +20,7 @@ def tiny_study(root: Path, dataset: Path, **sections) -> dict:
         "specs": {"dit": {"kind": "dit", "size": "tiny", "fine_ratio": 0.5},
                   "d2it": {"kind": "d2it", "size": "tiny", "grain_model": "dgt"},
                   "dgt": {"kind": "grain", "depth": 1, "hidden": 32, "heads": 2}},
-        "sampling": {"steps": 4, "n": 6, "batch_size": 4},
+        "sampling": {"steps": 4, "n": 6, "batch_size": 4, "grain_calibration": 16},
         "tables": {"table2": {"rows": {"dit_xl": {"spec": "dit"}, "d2it_xl": {"spec": "d2it"}}}},
         "recon": {"fine_ratios": [0.5]},
         "metrics": {"extractor": "effnet", "reference_dir": str(root / "reference")},

@@ -13,12 +13,25 @@ from d2it.files import read_json
 PAPER = yaml.safe_load(Path(__file__).with_name("paper.yaml").read_text(encoding="utf-8"))
 # What the paper's FID / IS / Precision / Recall measure, and the class score where measured.
 OURS = ("fd", "is", "precision", "recall", "class_acc")
+BUDGET = ("train_steps", "autoencoder", "evaluator")  # what a paper number came from
 
 
 def paper_method(table: str, row_id: str) -> str | None:
     """The paper's name of a row (None for a table or row the paper does not have)."""
     row = PAPER.get(table, {}).get("rows", {}).get(row_id)
     return row["method"] if row else None
+
+
+def _paper_columns(paper: dict, theirs: dict) -> dict:
+    """A paper row's numbers under the paper's column names, and the budget they came from."""
+    budget = {**paper.get("budget", {}), **theirs}
+    return {"method": theirs.get("method"), "paper_params_M": theirs.get("params_M"),
+            **{f"paper {m}": theirs.get(m) for m in paper["metrics"]},
+            **{f"paper_{k}": budget.get(k) for k in BUDGET}}
+
+
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values and None not in values else None
 
 
 def _metrics(path: Path, table: str, row_id: str) -> dict:
@@ -55,12 +68,12 @@ def paper_table(plan, table: str) -> pd.DataFrame:
         if any(s["keys"] != keys for s in sets):
             raise D2itError(f"{table}: row {row.id!r} mixes protocols across seeds ({keys} ...)")
         theirs = paper["rows"].get(row.id, {})
-        out = {"row": row.id, "method": theirs.get("method", row.id),
-               "paper_params_M": theirs.get("params_M"),
-               **{f"paper {m}": theirs.get(m) for m in paper["metrics"]},
+        out = {"row": row.id, **_paper_columns(paper, theirs),
                "ours": plan_row["label"], "ours_params_M": plan_row["params"]["total"] / 1e6,
                "ours_content_params_M": plan_row["params"]["content"] / 1e6}
+        out["method"] = out["method"] or row.id
         out["ours_grain_params_M"] = plan_row["params"]["grain"] / 1e6
+        out["ours_gflops"] = sum(plan_row["gflops_per_forward"].values())  # content + grain
         for m in (m for m in OURS if m in keys):
             # One seed: its value and its set's own interval (sampling noise: FD's bootstrap, the
             # class score's binomial); several: their mean, spread and Student-t interval.
@@ -79,11 +92,19 @@ def paper_table(plan, table: str) -> pd.DataFrame:
                        for dvae in {ss.run.key: plan.dvae_of(ss.run) for ss in row.sample_sets}
                        .values()]
             out["class_acc_ceiling_decoded"] = sum(decoded) / len(decoded)
+        # The sampled grain maps' fine fraction against the one the model trained on (DiT: 1)
+        sampling = [s.get("sampling") or {} for s in sets]
+        out["fine_fraction"] = _mean([s.get("fine_fraction") for s in sampling])
+        out["fine_fraction_train"] = _mean([s.get("gt_fine_fraction_train") for s in sampling])
         out.update(seeds=" ".join(map(str, plan_row["seeds"])), cfg_scale=plan_row["cfg_scale"],
                    grain_source=plan_row["grain_source"],
                    sampling=f"{plan_row['sampler']} {plan_row['sampling_steps']} steps",
                    protocol=sets[0]["protocol"], paper_protocol=paper["protocol"])
         rows.append(out)
+    for ref_id, theirs in paper.get("references", {}).items():
+        # a published number no row of ours re-runs: the paper's columns only, and its source
+        rows.append({"row": ref_id, **_paper_columns(paper, theirs), "ours": None,
+                     "paper_protocol": theirs.get("source")})
     return pd.DataFrame(rows)
 
 
@@ -93,7 +114,7 @@ def row_metrics(table: pd.DataFrame) -> dict[str, dict]:
     headline = [c for c in table.columns if f"{c}_ci95_low" in table.columns
                 and (c.startswith(("fid", "fd_")) or c == "class_acc")]
     rows = {}
-    for record in table.to_dict(orient="records"):
+    for record in table.dropna(subset=["ours"]).to_dict(orient="records"):
         rows[record["row"]] = {c: {"mean": record[c], "low": record[f"{c}_ci95_low"],
                                    "high": record[f"{c}_ci95_high"]} for c in headline}
     return rows
