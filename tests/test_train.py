@@ -106,7 +106,8 @@ def test_logged_rate_follows_the_schedule(job, reference_run):
 
     cfg = {**LONG, **SCHEDULED} if job[0] == "model" else {**LONG, "lr_warmup": 0,
                                                             "lr_decay": "constant"}
-    logged = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    lines = (reference_run / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
     # the rate of the last step of each logged window
     expected = [cfg["lr"] * lr_factor(r["step"] - 1, cfg["steps"], cfg["lr_warmup"],
                                       cfg["lr_decay"]) for r in logged]

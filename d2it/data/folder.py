@@ -49,8 +49,9 @@ def decode(path: Path) -> tuple[Image.Image, str]:
                 grey = np.round(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8)
                 return Image.fromarray(grey).convert("RGB"), mode
             if mode in ("I", "F"):
-                raise D2itError(f"{path}: mode {mode} (32-bit {'integer' if mode == 'I' else 'float'}"
-                                ") has no defined range; save it with 8 or 16 bits per channel")
+                kind = "integer" if mode == "I" else "float"
+                raise D2itError(f"{path}: mode {mode} (32-bit {kind}) has no defined range; save "
+                                "it with 8 or 16 bits per channel")
             return image.convert("RGB"), mode
     except (OSError, SyntaxError, ValueError) as e:
         raise D2itError(f"{path}: cannot read image ({e})") from None
