@@ -7,7 +7,7 @@ Their weights are random: every number computed with them is a rehearsal, never 
 | `inception_weights` | weights-inception-2015-12-05-6726825d.pth | torch-fidelity's state dict   |
 | `sd_vae`            | stabilityai/sd-vae-ft-ema                 | diffusers AutoencoderKL folder |
 | `dit_checkpoint`    | DiT-XL-2-256x256.pt                       | DiT's released state dict     |
-| `adm_reference`     | VIRTUAL_imagenet256_labeled.npz           | arr_0, mu, sigma, mu_s, sigma_s |
+| `adm_reference`     | VIRTUAL_imagenet256_labeled.npz           | arr_0, mu, sigma (+ _s)       |
 """
 from __future__ import annotations
 
