@@ -103,8 +103,9 @@ def test_readme_cluster_command_resolves_to_the_planned_paper_jobs(study, checko
         assert ((dit["n"], dit["sampler"], dit["sampling_steps"], dit["protocol"])
                 == (50_000, "ddpm", 250, "fid50k"))
         # DiT-XL/2, D²iT-XL and its grain model over three seeds (the -G rows reuse them), and
-        # Fig. 6's DiT-B/2 and D²iT-B (seed 0; its grain model is D²iT-XL's: same grain maps)
-        assert len(trains) == 3 * 3 + 2
+        # Fig. 6's DiT-B/2, D²iT-B and D²iT-B's own smaller grain model (seed 0; sized to B's
+        # budget)
+        assert len(trains) == 3 * 3 + 3
         at = {step: [n for n in samples if f"-at{step}-" in n] for step in (100_000, 300_000)}
         assert [len(v) for v in at.values()] == [4, 4]  # B and XL, DiT and D²iT
     else:  # FFHQ: Tables 3/4 at B, Tables 1/5 at L, FID-10K
