@@ -18,10 +18,16 @@ MODELS = {f"DiT-{size}/{p}": (lambda s=size, p=p, **kw: dit(f"{s}/{p}", **kw))
           for size in SIZES for p in (2, 4, 8)}
 
 
-def load_official(path, model: DiT) -> DiT:
-    """Load a checkpoint of the official DiT code into `model`, unconverted: a released state dict
+def official_state(path) -> dict:
+    """The weights of a checkpoint of the official DiT code, unconverted: a released state dict
     (e.g. DiT-XL-2-256x256.pt) or a training checkpoint {"model", "ema", "opt", "args"} (EMA
     taken)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["ema"] if "ema" in state else state, strict=True)
+    return state["ema"] if "ema" in state else state
+
+
+def load_official(path, model: DiT, state: dict | None = None) -> DiT:
+    """Load a checkpoint of the official DiT code into `model` (`state`: its weights, already
+    read with official_state)."""
+    model.load_state_dict(official_state(path) if state is None else state, strict=True)
     return model

@@ -14,9 +14,12 @@ from pathlib import Path
 
 import torch
 
+from d2it.diffusion import guided
 from d2it.errors import D2itError
 from d2it.files import write_json_atomic
 from d2it.models.dit import DiT
+from d2it.sample import DiTSampling, _sampler, draw
+from d2it.train import Distributed
 
 EXPECTED = {1.5: 2.27, 1.0: 9.62}  # DiT paper, DiT-XL/2 at 7M steps, FID-50K
 SD_VAE_SCALE = 0.18215  # the SD-VAE latents' scale (DiT's train.py and sample.py)
@@ -43,14 +46,14 @@ def official_architecture(state: dict) -> dict:
 
 def load_official_dit(path: Path) -> tuple[DiT, dict]:
     """The network of an official DiT checkpoint (released state dict or training checkpoint)."""
-    from baselines.dit import load_official
+    from baselines.dit import load_official, official_state
 
     if not Path(path).is_file():
         raise D2itError(f"--dit-checkpoint {path}: no such file (DiT-XL-2-256x256.pt of "
                         "facebookresearch/DiT; nothing is downloaded)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    arch = official_architecture(state["ema"] if "ema" in state else state)
-    return load_official(path, DiT(class_dropout_prob=0.1, **arch)), arch
+    state = official_state(path)  # read once: 2.7 GB for DiT-XL/2
+    arch = official_architecture(state)
+    return load_official(path, DiT(class_dropout_prob=0.1, **arch), state), arch
 
 
 class SDVAEDecoder(torch.nn.Module):
@@ -75,15 +78,31 @@ class SDVAEDecoder(torch.nn.Module):
         return self.vae.decode(z).sample
 
 
+class OfficialSampling(DiTSampling):
+    """DiTSampling of an official DiT network, decoded by the SD-VAE (guided on DiT's 3 ε
+    channels where settings["cfg_scale"] > 1)."""
+
+    def __init__(self, model: DiT, arch: dict, decoder: SDVAEDecoder, settings: dict,
+                 device: torch.device):
+        self.s, self.device = settings, device
+        self.latent = {"channels": arch["in_channels"], "size": arch["input_size"],
+                       "scale_factor": SD_VAE_SCALE, "fine_fraction": 1.0}
+        self.classes = arch["num_classes"]
+        self.params = {"params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+        self.dvae = decoder
+        self.sampler = _sampler({"timesteps": 1000}, settings, arch["learn_sigma"])
+        self.model = model.to(device)
+        if settings["cfg_scale"] != 1:
+            self.model = guided(self.model, self.classes, settings["cfg_scale"],
+                                settings["cfg_channels"])
+
+
 def anchor(study: dict, checkpoint: Path, vae: Path, out_dir: Path, json_path: Path,
            cfg_scales: tuple[float, ...] = (1.5, 1.0)) -> dict:
     """Sample the official checkpoint at each scale into `out_dir` with the study's `sampling`
     (n, steps, seed; guidance on DiT's 3 channels), score each set with the study's `metrics`,
     and write `json_path`: our number, DiT's published one and the protocol, per scale."""
     from d2it.metrics.job import evaluate_samples
-    from d2it.sample import DiTSampling, _sampler, draw
-    from d2it.diffusion import guided
-    from d2it.train import Distributed
 
     dist = Distributed()
     model, arch = load_official_dit(Path(checkpoint))
@@ -92,24 +111,9 @@ def anchor(study: dict, checkpoint: Path, vae: Path, out_dir: Path, json_path: P
     for scale in cfg_scales:
         s = {**study["sampling"], "classes": None, "at_step": None, "grain_source": None,
              "cfg_scale": scale, "cfg_channels": 3}
-
-        class Official(DiTSampling):
-            """DiTSampling of the official network, decoded by the SD-VAE."""
-
-            def __init__(self):
-                self.s, self.device = s, dist.device
-                self.latent = {"channels": arch["in_channels"], "size": arch["input_size"],
-                               "scale_factor": SD_VAE_SCALE, "fine_fraction": 1.0}
-                self.classes = arch["num_classes"]
-                self.params = {"params_M": sum(p.numel() for p in model.parameters()) / 1e6}
-                self.dvae = decoder
-                self.sampler = _sampler({"timesteps": 1000}, s, arch["learn_sigma"])
-                self.model = model.to(dist.device)
-                if scale != 1:
-                    self.model = guided(self.model, self.classes, scale, s["cfg_channels"])
-
         npz = Path(out_dir) / f"official-cfg{scale:g}.npz"
-        drawn = draw(Official(), dist, npz, None, {"run": str(checkpoint), "grain_run": None})
+        job = OfficialSampling(model, arch, decoder, s, dist.device)
+        drawn = draw(job, dist, npz, None, {"run": str(checkpoint), "grain_run": None})
         if not dist.main:
             continue
         found = evaluate_samples(study, [npz], npz.with_suffix(".metrics.json"))
