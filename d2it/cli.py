@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import resource
 import sys
+import time
 from pathlib import Path
 
 from d2it.errors import D2itError
@@ -98,14 +101,15 @@ def cmd_sample(args) -> dict:
         found = plan.find_sample_set(args.sample_set)
         grain_run = found.grain_run.folder if found.grain_run else None
         return sample(found.run.folder, found.settings, Path(args.out or found.npz), grain_run,
-                      Path(args.grid) if args.grid else found.grid)
+                      Path(args.grid) if args.grid else found.grid, plan.study["rehearsal"])
     if not (args.run_dir and args.out):
         raise D2itError("give --sample-set NAME (`d2it study plan` lists them), "
                         "or --run-dir and --out")
-    settings = {**_study(args)["sampling"], "classes": None}
+    study = _study(args)
+    settings = {**study["sampling"], "classes": None}
     return sample(Path(args.run_dir), settings, Path(args.out),
                   Path(args.grain_run) if args.grain_run else None,
-                  Path(args.grid) if args.grid else None)
+                  Path(args.grid) if args.grid else None, study["rehearsal"])
 
 
 def cmd_metrics(args) -> dict:
@@ -155,6 +159,17 @@ def cmd_study_anchor(args) -> dict:
     return anchor(plan.study, Path(args.dit_checkpoint), Path(args.vae),
                   plan.runs_dir / "anchor", plan.results_dir / "anchor.json",
                   tuple(args.cfg_scale))
+
+
+def cmd_study_rehearse(args) -> None:
+    from d2it.rehearsal import rehearse
+
+    summary = rehearse(args.config, args.set, Path(args.out) if args.out else None, args.cores,
+                       tuple(args.targets), not args.no_kill_test, args.kill_steps)
+    print((Path(summary["folder"]) / "rehearsal.md").read_text(), end="")
+    if summary["kill_test"] and not summary["kill_test"]["equal"]:
+        raise D2itError("kill test: the resumed run's EMA weights differ from the uninterrupted "
+                        f"run's ({summary['folder']}/rehearsal.json)")
 
 
 def cmd_study_plan(args) -> list[dict]:
@@ -230,7 +245,7 @@ def cmd_report_grain_maps(args) -> dict:
     manifest = Path(plan.study["data"]["manifest"])
     names = Manifest.load(manifest).classes if manifest.is_file() else None
     out = Path(args.out) if args.out else plan.grain_maps_png
-    return grain_maps(found[0].npz, found[1].npz, out, names)
+    return grain_maps(found[0].npz, found[1].npz, out, names, plan.study["rehearsal"])
 
 
 def cmd_report_samples(args) -> dict:
@@ -241,7 +256,7 @@ def cmd_report_samples(args) -> dict:
     manifest = Path(study["data"]["manifest"])
     names = Manifest.load(manifest).classes if manifest.is_file() else None
     return samples_figure(Path(args.samples), Path(args.out), args.by_class, args.per_row,
-                          names, args.title)
+                          names, args.title, study["rehearsal"])
 
 
 def cmd_bench(args) -> dict | None:
@@ -349,6 +364,17 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--cfg-scale", type=float, nargs="+", default=[1.5, 1.0],
                     help="guidance scales (DiT's published: 1.5 -> 2.27, 1.0 -> 9.62)")
     sp.set_defaults(fn=cmd_study_anchor)
+    sp = with_config(st.add_parser("rehearse", help="the study's whole DAG at its model sizes, "
+                                   "with stand-in data and weights and cut counts (REHEARSAL)"))
+    sp.add_argument("targets", nargs="*", help="Snakemake targets (default: all), relative to "
+                    "the rehearsal's folder, e.g. results/imagenet256/table2.csv")
+    sp.add_argument("--out", help="the rehearsal's folder (default: rehearsal/<study>)")
+    sp.add_argument("--cores", type=int, default=os.cpu_count(), help="Snakemake's --cores")
+    sp.add_argument("--no-kill-test", action="store_true",
+                    help="skip the kill test of the largest spec's training")
+    sp.add_argument("--kill-steps", type=int, default=2,
+                    help="the kill test's training steps (checkpointed every step)")
+    sp.set_defaults(fn=cmd_study_rehearse)
     sp = st.add_parser("keys", help="every config key as Markdown (config/README.md)")
     sp.set_defaults(fn=cmd_study_keys)
     sp = st.add_parser("dvc", help="dvc.yaml: one DVC stage per study config")
@@ -403,7 +429,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _record_usage(ledger: str, argv: list[str], seconds: float, code: int) -> None:
+    """One JSON line appended to `ledger` ($D2IT_USAGE, set by `d2it study rehearse`): the
+    command, its wall time and its peak resident memory."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    line = json.dumps({"argv": argv, "seconds": round(seconds, 2), "exit": code,
+                       "peak_rss_mib": round(peak / 1024, 1)})
+    with open(ledger, "a", encoding="utf-8") as f:  # one short write: atomic under O_APPEND
+        f.write(line + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    started = time.perf_counter()
+    code = 1
+    try:
+        code = _main(argv)
+    except SystemExit as e:  # argparse's errors and a signalled training's exit
+        code = e.code if isinstance(e.code, int) else 1
+        raise
+    finally:
+        if os.environ.get("D2IT_USAGE"):
+            _record_usage(os.environ["D2IT_USAGE"], argv, time.perf_counter() - started, code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

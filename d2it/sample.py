@@ -220,19 +220,21 @@ def _save_npz(path: Path, **arrays) -> None:
 
 
 def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = None,
-           grid: Path | None = None) -> dict:
+           grid: Path | None = None, rehearsal: bool = False) -> dict:
     """Write N samples to `out` (.npz: arr_0, labels, grain), a JSON beside it and a PNG grid
-    (`grid`, default beside it). Under torchrun each process draws every world-th batch (none if
+    (`grid`, default beside it; marked in a rehearsal). Under torchrun each process draws every world-th batch (none if
     there are fewer batches than processes); rank 0 merges the parts in sample order."""
     dist = Distributed()
     s = {k: settings[k] for k in SETTINGS if k != "at_step"}
     s["at_step"] = settings.get("at_step")  # a row's sampling has none
     job = sampling_job(Path(run_dir), s, grain_run, dist.device)
     return draw(job, dist, out, grid, {"run": str(run_dir),
-                                       "grain_run": str(grain_run) if grain_run else None})
+                                       "grain_run": str(grain_run) if grain_run else None},
+                rehearsal)
 
 
-def draw(job: DiTSampling, dist: Distributed, out: Path, grid: Path | None, source: dict) -> dict:
+def draw(job: DiTSampling, dist: Distributed, out: Path, grid: Path | None, source: dict,
+         rehearsal: bool = False) -> dict:
     """Draw a job's N samples into `out`, its JSON and grid; `source` says what was sampled."""
     s = job.s
     out = Path(out)
@@ -262,7 +264,8 @@ def draw(job: DiTSampling, dist: Distributed, out: Path, grid: Path | None, sour
     grid = Path(grid) if grid else out.with_suffix(".png")
     grid.parent.mkdir(parents=True, exist_ok=True)
     kind = "d2it" if isinstance(job, D2iTSampling) else "dit"
-    write_grid(arrays["arr_0"][:64], arrays["grain"][:64] if kind == "d2it" else None, grid)
+    write_grid(arrays["arr_0"][:64], arrays["grain"][:64] if kind == "d2it" else None, grid,
+               rehearsal=rehearsal)
     result = {"samples": str(out), "grid": str(grid), "n": len(arrays["arr_0"]), "kind": kind,
               **source, **job.params,
               "grain_source": job.source if kind == "d2it" else None,

@@ -5,6 +5,7 @@ Their weights are random: every number computed with them is a rehearsal, never 
 | stand-in            | real file                                 | layout                        |
 |---------------------|-------------------------------------------|-------------------------------|
 | `inception_weights` | weights-inception-2015-12-05-6726825d.pth | torch-fidelity's state dict   |
+| `lpips_weights`     | weights-vgg16-lpips.pth, vgg16-397923af.pth | LPIPS heads, torchvision VGG16 |
 | `sd_vae`            | stabilityai/sd-vae-ft-ema                 | diffusers AutoencoderKL folder |
 | `dit_checkpoint`    | DiT-XL-2-256x256.pt                       | DiT's released state dict     |
 | `adm_reference`     | VIRTUAL_imagenet256_labeled.npz           | arr_0, mu, sigma (+ _s)       |
@@ -42,6 +43,23 @@ def inception_weights(path: Path, seed: int = 0) -> Path:
     with atomic(Path(path)) as tmp:
         torch.save(net.state_dict(), tmp)
     return Path(path)
+
+
+def lpips_weights(heads: Path, vgg16: Path, seed: int = 0) -> tuple[Path, Path]:
+    """torch-fidelity's LPIPS heads (lin0 ... lin4) and torchvision's VGG16, randomly
+    initialised."""
+    import torchvision
+    from torch_fidelity.sample_similarity_lpips import NetLinLayer
+
+    torch.manual_seed(seed)
+    channels = (64, 128, 256, 512, 512)  # VGG16's five feature stages
+    lins = {f"lin{i}.{k}": v for i, c in enumerate(channels)
+            for k, v in NetLinLayer(c, use_dropout=True).state_dict().items()}
+    with atomic(Path(heads)) as tmp:
+        torch.save(lins, tmp)
+    with atomic(Path(vgg16)) as tmp:
+        torch.save(torchvision.models.vgg16().state_dict(), tmp)
+    return Path(heads), Path(vgg16)
 
 
 def sd_vae(folder: Path, seed: int = 0) -> Path:

@@ -193,9 +193,15 @@ class Checkpoints:
         path = self.folder / f"ckpt-{step:09d}.pt"
         with atomic(path, fsync=True) as tmp:
             torch.save(state, tmp)
-        for old in sorted(self.folder.glob(CKPT_GLOB))[:-self.keep]:
+        for old in sorted(self.folder.glob(CKPT_GLOB))[:-max(self.keep, 1)]:
             old.unlink()
         return path
+
+    def finished(self) -> None:
+        """final.pt is written: keep 0 deletes every checkpoint (a finished run needs none)."""
+        if self.keep == 0:
+            for path in self.folder.glob(CKPT_GLOB):
+                path.unlink()
 
 
 @dataclass
@@ -551,6 +557,7 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
                  "ema": ema.module.state_dict() if ema is not None else None, "run": record}
         with atomic(out / "final.pt") as tmp:
             torch.save(final, tmp)
+        ckpts.finished()
         write_json_atomic(out / "summary.json", summary)
         tracker.finish()
     dist.barrier()

@@ -95,7 +95,7 @@ def load_all(dataset: ImageFolderDataset, desc: str = "load") -> tuple[torch.Ten
     return images, dataset.labels()
 
 
-def _in_heldout(rel: str, fraction: float) -> bool:
+def in_heldout(rel: str, fraction: float) -> bool:
     # Split by a hash of the path: stable when files are added, independent of listing order.
     return int(hashlib.sha256(rel.encode()).hexdigest()[:8], 16) < fraction * 2**32
 
@@ -122,7 +122,7 @@ def prepare(src: Path, out: Path, heldout_fraction: float) -> Manifest:
             converted[mode] += 1
         rel = p.relative_to(src).as_posix()
         label = classes.index(rel.split("/")[0]) if nested else 0
-        split = "heldout" if _in_heldout(rel, heldout_fraction) else "train"
+        split = "heldout" if in_heldout(rel, heldout_fraction) else "train"
         entries.append(ManifestEntry(rel, label, split, sha256_file(p)))
     if converted:
         log.info("%s: read as RGB: %s", src, ", ".join(

@@ -15,6 +15,7 @@ import seaborn as sns  # noqa: E402
 
 from d2it.errors import D2itError  # noqa: E402
 from d2it.files import atomic, read_json, write_text_atomic  # noqa: E402
+from d2it.report import marks  # noqa: E402
 
 
 def _metrics(path: Path, what: str) -> dict:
@@ -57,8 +58,9 @@ def fig5_table(plan) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["fine_ratio", "seed"]).reset_index(drop=True)
 
 
-def _save(fig, table: pd.DataFrame, png: Path) -> dict:
+def _save(fig, table: pd.DataFrame, png: Path, rehearsal: bool) -> dict:
     png = Path(png)
+    marks.stamp(fig, rehearsal)
     with atomic(png) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -80,9 +82,9 @@ def fig6(plan, png: Path) -> dict:
         ax.set_ylabel(table["fd_key"].iloc[0] + " (lower is better)" if metric == "fd"
                       else "class score: samples recognised as their class")
         ax.legend(title="model")
-    fig.suptitle(f"Fig. 6: convergence, study {plan.name} ({table['protocol'].iloc[0][:60]}...)",
-                 fontsize=9)
-    return _save(fig, table, png)
+    fig.suptitle(marks.title(plan.study["rehearsal"], f"Fig. 6: convergence, study {plan.name} "
+                             f"({table['protocol'].iloc[0][:60]}...)"), fontsize=9)
+    return _save(fig, table, png, plan.study["rehearsal"])
 
 
 def fig5(plan, png: Path) -> dict:
@@ -98,8 +100,9 @@ def fig5(plan, png: Path) -> dict:
     ax.set_xlabel("fine-grain ratio of the DVAE")
     ax.set_ylabel("Fréchet distance (lower is better)")
     ax.legend(title="quality")
-    ax.set_title(f"Fig. 5: fine-grain ratio sweep, study {plan.name}")
-    return _save(fig, table, png)
+    ax.set_title(marks.title(plan.study["rehearsal"], f"Fig. 5: fine-grain ratio sweep, study "
+                             f"{plan.name}"))
+    return _save(fig, table, png, plan.study["rehearsal"])
 
 
 def grain_maps_table(predicted: Path, ground_truth: Path) -> pd.DataFrame:
@@ -114,7 +117,7 @@ def grain_maps_table(predicted: Path, ground_truth: Path) -> pd.DataFrame:
 
 
 def grain_maps(predicted: Path, ground_truth: Path, png: Path,
-               class_names: list[str] | None = None) -> dict:
+               class_names: list[str] | None = None, rehearsal: bool = False) -> dict:
     """The grain model against the ground truth: fine fraction per class (box plots) and how often
     each position is fine (one heat map per source)."""
     table = grain_maps_table(predicted, ground_truth)
@@ -134,6 +137,7 @@ def grain_maps(predicted: Path, ground_truth: Path, png: Path,
         ax.set_title(f"{source}: fine frequency per position")
         ax.set_xlabel("grain column")
         ax.set_ylabel("grain row")
-    fig.suptitle("Grain maps: the Dynamic Grain Transformer vs held-out ground truth")
+    fig.suptitle(marks.title(rehearsal, "Grain maps: the Dynamic Grain Transformer vs held-out "
+                             "ground truth"))
     summary = table.groupby(["class", "source"])["fine_fraction"].mean().unstack()
-    return _save(fig, summary.reset_index(), png)
+    return _save(fig, summary.reset_index(), png, rehearsal)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from d2it.errors import D2itError
 from d2it.files import atomic
+from d2it.report import marks
 
 
 def overlay(image: np.ndarray, grain: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -21,9 +22,9 @@ def overlay(image: np.ndarray, grain: np.ndarray, alpha: float = 0.4) -> np.ndar
 
 
 def write_grid(images: np.ndarray, grains: np.ndarray | None, path: Path, columns: int = 8,
-               zoom: int = 4) -> None:
+               zoom: int = 4, rehearsal: bool = False) -> None:
     """Pairs of (sample, sample with its grain map) in rows of `columns` pairs; samples alone
-    where there are no grain maps (DiT)."""
+    where there are no grain maps (DiT); under a REHEARSAL band in a rehearsal."""
     if grains is None:
         cells = list(images)
     else:
@@ -32,8 +33,9 @@ def write_grid(images: np.ndarray, grains: np.ndarray | None, path: Path, column
         cells.append(np.zeros_like(cells[0]))
     rows = [np.concatenate(cells[i:i + columns], 1) for i in range(0, len(cells), columns)]
     grid = np.concatenate(rows, 0)
-    Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom),
-                                 Image.NEAREST).save(path)
+    grid = np.asarray(Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom),
+                                                   Image.NEAREST))
+    Image.fromarray(marks.banner(grid, rehearsal)).save(path)
 
 
 def class_rows(index: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -47,7 +49,8 @@ def class_rows(index: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndar
 
 
 def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
-                   class_names: list[str] | None = None, title: str | None = None) -> dict:
+                   class_names: list[str] | None = None, title: str | None = None,
+                   rehearsal: bool = False) -> dict:
     """Figs. 3 and 4 from a `d2it sample` .npz: samples beside their grain-map overlays (D²iT) or
     alone (DiT, which has no grain map), four rows or (by_class) one row per class named on the
     left, with a title and a legend of the overlay colours."""
@@ -91,7 +94,9 @@ def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
         ax.legend(handles=[Patch(color="red", alpha=0.4, label="fine grain (red tint)"),
                            Patch(color="blue", alpha=0.4, label="coarse grain (blue tint)")],
                   loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, frameon=False)
-    ax.set_title(title or ("samples beside their grain maps" if kind == "d2it" else "samples"))
+    ax.set_title(marks.title(rehearsal, title or ("samples beside their grain maps"
+                                                  if kind == "d2it" else "samples")))
+    marks.stamp(fig, rehearsal)
     with atomic(Path(out)) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)

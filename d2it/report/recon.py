@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from d2it.errors import D2itError
+from d2it.report.marks import NOTE
 
 
 def recon_table(metric_files: list[Path]) -> pd.DataFrame:
@@ -23,4 +24,6 @@ def recon_table(metric_files: list[Path]) -> pd.DataFrame:
                      **{k: v for k, v in metrics.items() if k.startswith(("rfd_", "rfid"))},
                      "train_steps": summary["steps"], "train_minutes": summary["minutes"],
                      "protocol": metrics["protocol"]})
+        if metrics.get("rehearsal"):
+            rows[-1] = {"rehearsal": NOTE, **rows[-1]}
     return pd.DataFrame(rows).sort_values(["fine_ratio", "seed"]).reset_index(drop=True)

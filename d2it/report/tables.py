@@ -9,6 +9,7 @@ import yaml
 
 from d2it.errors import D2itError
 from d2it.files import read_json
+from d2it.report.marks import NOTE
 
 PAPER = yaml.safe_load(Path(__file__).with_name("paper.yaml").read_text(encoding="utf-8"))
 # What the paper's FID / IS / Precision / Recall measure, and the class score where measured.
@@ -105,7 +106,10 @@ def paper_table(plan, table: str) -> pd.DataFrame:
         # a published number no row of ours re-runs: the paper's columns only, and its source
         rows.append({"row": ref_id, **_paper_columns(paper, theirs), "ours": None,
                      "paper_protocol": theirs.get("source")})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if plan.study["rehearsal"]:
+        table.insert(0, "rehearsal", NOTE)
+    return table
 
 
 def row_metrics(table: pd.DataFrame) -> dict[str, dict]:

@@ -26,6 +26,7 @@ from scipy import stats
 
 from d2it.errors import D2itError
 from d2it.files import write_json_atomic, write_text_atomic
+from d2it.report.marks import NOTE, title
 from d2it.report.tables import PAPER
 
 RULE = ("Per training seed, A - B of the metric; with two or more seeds, the mean gets a 95 % "
@@ -443,7 +444,8 @@ def markdown(plan, results: list[dict], control: dict | None) -> str:
     alpha = plan.study["verdict"]["alpha"]
     primary = [r["id"] for r in results if r["role"] == "primary"]
     family = [r["id"] for r in results if r["role"] == "primary" and "p_holm" in r]
-    lines = [f"# Verdicts: study `{plan.name}`", "", f"Rule: {RULE}", "",
+    lines = [f"# {title(plan.study['rehearsal'], 'Verdicts')}: study `{plan.name}`", "",
+             *([NOTE, ""] if plan.study["rehearsal"] else []), f"Rule: {RULE}", "",
              f"alpha = {alpha}. Primary claims, pre-registered in d2it/report/paper.yaml: "
              f"{', '.join(primary)}; the {len(family)} this study measures form one Holm family "
              f"({', '.join(family) or 'none'}). Every other line is secondary: uncorrected.", "",
@@ -499,6 +501,7 @@ def write_verdict(plan, md: Path, js: Path) -> list[dict]:
     results = verdicts(plan)
     control = positive_control(plan)
     write_json_atomic(js, {"study": plan.name, "rule": RULE, "claims": results,
-                           "positive_control": control})
+                           "positive_control": control,
+                           **({"rehearsal": NOTE} if plan.study["rehearsal"] else {})})
     write_text_atomic(md, markdown(plan, results, control))
     return results

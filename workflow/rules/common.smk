@@ -80,6 +80,12 @@ def study_config(wildcards, output) -> str:
     return CFG
 
 
+def weights(path: str):
+    """A model's final.pt: in a rehearsal a temp() file, deleted once every sample set that
+    reads it is drawn (a D²iT-XL run's is 5.5 GB: the rehearsal's disk holds few at a time)."""
+    return temp(path) if STUDY["rehearsal"] else path
+
+
 DVAES = runs_of("dvae")
 MODELS = runs_of("dit|d2it|grain")
 

@@ -4,7 +4,7 @@ rule train_model:
     input:
         lambda w: PLAN.latents(MODELS[w.run]) / "meta.json",
     output:
-        f"{RUNS}/{{run}}/final.pt",
+        weights(f"{RUNS}/{{run}}/final.pt"),
     wildcard_constraints:
         run=one_of(MODELS),
     params:
