@@ -100,7 +100,8 @@ def cut(study: dict) -> tuple[dict, list[dict]]:
         if figure.get("classes"):
             picked = list(range(min(len(figure["classes"]), classes)))
             put(f"figures.{fig_name}.classes", picked, "as many of the stand-in's classes")
-            put(f"figures.{fig_name}.n", len(picked), "one sample per class")
+            put(f"figures.{fig_name}.per_row", 2, "two samples per class")
+            put(f"figures.{fig_name}.n", 2 * len(picked), "two samples per class")
         elif figure.get("n"):
             put(f"figures.{fig_name}.n", 4, "as sampling.n")
     for table_name, table in study["tables"].items():
@@ -193,7 +194,8 @@ def _snakemake(folder: Path, config: Path, cores: int, targets: list[str]) -> di
     command = [str(Path(sys.executable).with_name("snakemake")), "--snakefile",
                str(REPO / "Snakefile"), "--directory", str(folder), "--configfile", str(config),
                "--cores", str(cores), *targets]
-    env = {**os.environ, "D2IT_USAGE": str(folder / "usage.jsonl")}
+    # unbuffered: Snakemake's progress reaches the console as it happens, not in 8 kB blocks
+    env = {**os.environ, "D2IT_USAGE": str(folder / "usage.jsonl"), "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     lines = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

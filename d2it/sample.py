@@ -222,8 +222,9 @@ def _save_npz(path: Path, **arrays) -> None:
 def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = None,
            grid: Path | None = None, rehearsal: bool = False) -> dict:
     """Write N samples to `out` (.npz: arr_0, labels, grain), a JSON beside it and a PNG grid
-    (`grid`, default beside it; marked in a rehearsal). Under torchrun each process draws every world-th batch (none if
-    there are fewer batches than processes); rank 0 merges the parts in sample order."""
+    (`grid`, default beside it; marked in a rehearsal). Under torchrun each process draws every
+    world-th batch (none if there are fewer batches than processes); rank 0 merges the parts in
+    sample order."""
     dist = Distributed()
     s = {k: settings[k] for k in SETTINGS if k != "at_step"}
     s["at_step"] = settings.get("at_step")  # a row's sampling has none

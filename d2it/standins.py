@@ -2,13 +2,14 @@
 (state-dict keys and shapes, the .npz's arrays), so that the real loading code runs on them.
 Their weights are random: every number computed with them is a rehearsal, never a result.
 
-| stand-in            | real file                                 | layout                        |
-|---------------------|-------------------------------------------|-------------------------------|
-| `inception_weights` | weights-inception-2015-12-05-6726825d.pth | torch-fidelity's state dict   |
-| `lpips_weights`     | weights-vgg16-lpips.pth, vgg16-397923af.pth | LPIPS heads, torchvision VGG16 |
+| stand-in            | real file                                 | layout                         |
+|---------------------|-------------------------------------------|--------------------------------|
+| `inception_weights` | weights-inception-2015-12-05-6726825d.pth | torch-fidelity's state dict    |
+| `lpips_weights`     | weights-vgg16-lpips.pth                   | torch-fidelity's LPIPS heads   |
+|                     | vgg16-397923af.pth                        | torchvision's VGG16 state dict |
 | `sd_vae`            | stabilityai/sd-vae-ft-ema                 | diffusers AutoencoderKL folder |
-| `dit_checkpoint`    | DiT-XL-2-256x256.pt                       | DiT's released state dict     |
-| `adm_reference`     | VIRTUAL_imagenet256_labeled.npz           | arr_0, mu, sigma (+ _s)       |
+| `dit_checkpoint`    | DiT-XL-2-256x256.pt                       | DiT's released state dict      |
+| `adm_reference`     | VIRTUAL_imagenet256_labeled.npz           | arr_0, mu, sigma (+ _s)        |
 """
 from __future__ import annotations
 

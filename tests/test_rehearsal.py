@@ -157,7 +157,8 @@ def test_a_rehearsal_runs_every_job_marks_every_output_and_resumes_a_killed_run(
 
     # model weights gone once sampled, the DVAEs' kept
     runs = folder / "runs" / "tinypaper"
-    assert not list((runs / "dit").rglob("final.pt")) and not list((runs / "d2it").rglob("final.pt"))
+    assert not list((runs / "dit").rglob("final.pt"))
+    assert not list((runs / "d2it").rglob("final.pt"))
     assert len(list((runs / "dvae").rglob("final.pt"))) == 2
     kill = summary["kill_test"]
     assert kill["spec"] in ("dit", "d2it") and kill["resumed"] and kill["equal"]

@@ -205,6 +205,25 @@ def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
     assert summary["steps"] == 4
 
 
+@pytest.mark.parametrize("keep", [0, 1, 2])
+def test_keep_ckpts_keeps_the_newest_and_zero_none_once_final(tmp_path, keep):
+    """keep_ckpts newest checkpoints stay; 0 keeps one while training (a resume point) and none
+    once final.pt is written."""
+    seen = []
+
+    class Watched(ToyTask):
+        def losses(self, batch, step, shard):
+            seen.append(sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.pt")))
+            yield from super().losses(batch, step, shard)
+
+    train(Watched(), toy_cfg(steps=6, keep_ckpts=keep), tmp_path, {"identity": {"toy": 1}},
+          {"uri": None, "experiment": "t"}, seed=0)
+    assert seen[5] == [f"ckpt-{s:09d}.pt" for s in (2, 4)][-max(keep, 1):]  # before step 6
+    left = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.pt"))
+    assert left == [f"ckpt-{s:09d}.pt" for s in (4, 6)][2 - keep:] if keep else left == []
+    assert (tmp_path / "final.pt").is_file()
+
+
 def test_a_truncated_final_pt_is_one_error_naming_it(tmp_path):
     """A final.pt cut short (a kill or a full disk while it was copied) is named by the commands
     that read it, in one line, without a traceback."""
