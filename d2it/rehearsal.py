@@ -273,16 +273,18 @@ def kill_test(folder: Path, config: Path, spec: str, steps: int) -> dict:
     runs = {name: base / name for name in ("straight", "killed")}
     for out in runs.values():
         shutil.rmtree(out, ignore_errors=True)
-    subprocess.run([*command, "--out", str(runs["straight"])], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = base / "killtest.log"
+    base.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as f:  # in the folder: the study's paths are relative to it
+        subprocess.run([*command, "--out", str(runs["straight"])], check=True, env=env,
+                       cwd=folder, stdout=f, stderr=subprocess.STDOUT)
     digests = {"straight": ema_digest(runs["straight"] / "final.pt")}
     shutil.rmtree(runs["straight"])  # disk: one XL run's files at a time
 
     # Killed after its first checkpoint, then the same command again
-    log_path = base / "killed.log"
-    with open(log_path, "w") as f:
-        proc = subprocess.Popen([*command, "--out", str(runs["killed"])], env=env, stdout=f,
-                                stderr=subprocess.STDOUT)
+    with open(log_path, "a") as f:
+        proc = subprocess.Popen([*command, "--out", str(runs["killed"])], env=env, cwd=folder,
+                                stdout=f, stderr=subprocess.STDOUT)
     checkpoints = runs["killed"] / "checkpoints"
     while proc.poll() is None and not any(checkpoints.glob("ckpt-*.pt")):
         time.sleep(0.05)
@@ -293,8 +295,8 @@ def kill_test(folder: Path, config: Path, spec: str, steps: int) -> dict:
         raise D2itError(f"kill test: the run ended before it could be killed after a checkpoint "
                         f"({log_path}); give it more steps")
     with open(log_path, "a") as f:
-        subprocess.run([*command, "--out", str(runs["killed"])], check=True, env=env, stdout=f,
-                       stderr=subprocess.STDOUT)
+        subprocess.run([*command, "--out", str(runs["killed"])], check=True, env=env,
+                       cwd=folder, stdout=f, stderr=subprocess.STDOUT)
     resumed = "resuming from step" in log_path.read_text()
     digests["killed"] = ema_digest(runs["killed"] / "final.pt")
     shutil.rmtree(runs["killed"])
@@ -339,7 +341,11 @@ def rehearse(config: str | Path, overrides: list[str] = (), folder: Path | None 
     # The DAG, then the kill test
     ran = _snakemake(folder, config_file, cores, list(targets))
     plan = studies.plan(studies.load(config_file))
-    killed = kill_test(folder, config_file, largest_spec(plan), kill_steps) if kill else None
+    try:
+        killed = kill_test(folder, config_file, largest_spec(plan), kill_steps) if kill else None
+    except subprocess.CalledProcessError as e:
+        raise D2itError(f"kill test: `d2it {' '.join(e.cmd[3:6])}` failed (exit {e.returncode}); "
+                        f"its log is {folder / 'killtest' / 'killtest.log'}") from None
     summary = {"study": study["name"], "config": str(config), "folder": str(folder),
                "targets": list(targets) or ["all"], "cuts": cuts, "standins": weights,
                "jobs": ran["jobs"], "snakemake_seconds": ran["seconds"],
