@@ -134,7 +134,8 @@ def standin_images(src: Path, study: dict) -> None:
     heldout = 0
     index = 0
     tmp = src.with_name(src.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier attempt's images
+    tmp.mkdir(parents=True)
     with tqdm(total=classes * PER_CLASS + HELDOUT, desc="stand-in images", unit="img") as bar:
         while min(train.values()) < PER_CLASS or heldout < HELDOUT:
             label = index % classes
