@@ -19,7 +19,7 @@ from d2it.errors import D2itError
 from d2it.files import write_json_atomic
 from d2it.models.dit import DiT
 from d2it.sample import DiTSampling, _sampler, draw
-from d2it.train import Distributed
+from d2it.device import Distributed
 
 EXPECTED = {1.5: 2.27, 1.0: 9.62}  # DiT paper, DiT-XL/2 at 7M steps, FID-50K
 SD_VAE_SCALE = 0.18215  # the SD-VAE latents' scale (DiT's train.py and sample.py)

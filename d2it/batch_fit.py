@@ -1,6 +1,6 @@
 """The per-GPU batch sized to memory (`train.batch_gpu: auto`): the largest divisor of the
 per-process share of the global batch whose training step fits this GPU, the rest accumulated.
-Numbers do not depend on the choice (train.Shard draws per row of the global batch), so the
+Numbers do not depend on the choice (task.RowDraws draws per row of the global batch), so the
 fitted value is a speed setting, not part of a run's identity."""
 import logging
 import math
@@ -8,6 +8,7 @@ import math
 import torch
 
 from d2it.errors import D2itError
+from d2it.task import RowDraws, phase_losses
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +54,21 @@ def step_bytes(task, optimisers: dict, rows: int, step: int, device: torch.devic
     of every phase; the last step has them all, e.g. the DVAE's PatchGAN from gan_start on) plus
     the optimiser state still to come; inf when it runs out of memory. Leaves no trace:
     gradients dropped, buffers (BatchNorm statistics) as they were; tasks draw their randomness
-    from the Shard, not the global generators.
+    from the RowDraws, not the global generators.
     `peak` reads the peak since the probe began (default: CUDA's allocator)."""
-    from d2it.train import Shard, _phase_losses
 
     buffers = {name: [b.detach().clone() for b in module.buffers()]
                for name, module in task.modules.items()}
     batch = torch.utils.data.default_collate([task.dataset[i % len(task.dataset)]
                                               for i in range(rows)])
-    shard = Shard(0, rows, device)
-    shard.begin(step, torch.arange(rows))
+    draws = RowDraws(0, rows, device)
+    draws.begin(step, torch.arange(rows))
     if peak is None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         peak = lambda: torch.cuda.max_memory_allocated(device)  # noqa: E731
     try:
-        for _, loss, _ in _phase_losses(task, [b.to(device) for b in batch], step, shard,
+        for _, loss, _ in phase_losses(task, [b.to(device) for b in batch], step, draws,
                                         device, bf16):
             loss.backward()
         used = peak() + unallocated_optimiser_bytes(optimisers)

@@ -32,7 +32,8 @@ from d2it.diffusion import GaussianDiffusion, guided
 from d2it.errors import D2itError
 from d2it.models import build, dvae_architecture, latent_geometry
 from d2it.stage2 import TASKS
-from d2it.train import Shard, autocast, compile_network, memory, on_gpu
+from d2it.device import autocast, compile_network, memory, on_gpu
+from d2it.task import RowDraws
 
 # Dense bf16 tensor-core peaks (TFLOP/s, vendors' data sheets), matched against the device name.
 KINDS = ("dit", "d2it")
@@ -107,14 +108,14 @@ def make_task(study: dict, kind: str, cache: LatentCache, device: torch.device):
 
 def train_step(task, batch, device: torch.device, bf16: bool, fused: bool):
     """One training step of the runs' loop: the task's loss, backward, AdamW."""
-    model, shard = task.model.train(), Shard(0, len(batch[0]), device)
+    model, draws = task.model.train(), RowDraws(0, len(batch[0]), device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     rows = torch.arange(len(batch[0]))
 
     def step():
-        shard.begin(0, rows)
+        draws.begin(0, rows)
         with autocast(device, bf16):
-            _, loss, _ = next(task.losses(batch, 0, shard))
+            _, loss, _ = next(task.losses(batch, 0, draws))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,9 +125,9 @@ def train_step(task, batch, device: torch.device, bf16: bool, fused: bool):
 
 def step_flops(task, batch, device: torch.device) -> float:
     """FLOPs of one training step's forward and backward, counted per image."""
-    shard = Shard(0, len(batch[0]), device)
+    draws = RowDraws(0, len(batch[0]), device)
     with FlopCounterMode(display=False) as counter:
-        _, loss, _ = next(task.losses(batch, 0, shard))
+        _, loss, _ = next(task.losses(batch, 0, draws))
         loss.backward()
     task.model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / len(batch[0])

@@ -25,8 +25,8 @@ from d2it.report.figures import write_grid
 from d2it.rng import generator
 from d2it.stage1 import load_dvae, to_uint8
 from d2it.study import SAMPLE_IDENTITY, grain_maps_of
-from d2it.train import (Distributed, autocast, compile_network, fit_weights, load_final,
-                        load_snapshot, snapshot_path)
+from d2it.device import Distributed, autocast, compile_network
+from d2it.run_folder import fit_weights, load_final, load_snapshot, snapshot_path
 
 SETTINGS = (*SAMPLE_IDENTITY, "batch_size", "compile")  # compile: how, not what
 

@@ -22,7 +22,9 @@ from d2it.metrics.extractors import metric_key, resolve
 from d2it.models import build, dvae_architecture
 from d2it.models.patchgan import adaptive_weight, hinge_d_loss
 from d2it.study import dvae_identity
-from d2it.train import fit_weights, load_final, seed_all, train
+from d2it.device import seed_all
+from d2it.run_folder import fit_weights, load_final
+from d2it.train import train
 
 
 def run_record(study: dict, fine_ratio: float, seed: int) -> dict:
@@ -82,14 +84,14 @@ class DVAETask:
         if self.disc is not None:
             self.disc_net = wrap(self.disc)
 
-    def losses(self, batch, step: int, shard):
+    def losses(self, batch, step: int, draws):
         images, _ = batch
         x = to_signed(images)
         if self.flip:
-            flip = shard.rand(len(x)) < 0.5
+            flip = draws.rand(len(x)) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         grain = grain_map(x, self.thresholds, self.fine_ratio)
-        recon, posterior = self.net(x, grain, lambda shape: shard.randn(*shape))
+        recon, posterior = self.net(x, grain, lambda shape: draws.randn(*shape))
         l1 = (recon - x).abs().mean()
         rec = l1
         logged = {"l1": l1.detach(), "fine_fraction": grain.float().mean()}

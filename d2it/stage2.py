@@ -14,7 +14,8 @@ from d2it.errors import D2itError
 from d2it.grain import block_mean, expand, merge
 from d2it.models import build
 from d2it.study import model_architecture, model_identity, train_settings
-from d2it.train import seed_all, train
+from d2it.device import seed_all
+from d2it.train import train
 
 
 def dynamic_grain_loss(loss_map: torch.Tensor, grain: torch.Tensor, coarse_weight: float,
@@ -55,8 +56,8 @@ class DiTTask:
         """x0 the model learns to generate."""
         return latents * self.scale
 
-    def noise(self, x0: torch.Tensor, grain: torch.Tensor, shard) -> torch.Tensor:
-        return shard.randn(len(x0), *x0.shape[1:])
+    def noise(self, x0: torch.Tensor, grain: torch.Tensor, draws) -> torch.Tensor:
+        return draws.randn(len(x0), *x0.shape[1:])
 
     def forward(self, x, t, labels, grain, drop):
         return self.net(x, t, labels, force_drop_ids=drop)
@@ -64,18 +65,18 @@ class DiTTask:
     def reduce(self, loss_map: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
         return loss_map.mean()
 
-    def losses(self, batch, step: int, shard):
+    def losses(self, batch, step: int, draws):
         latents, grains, labels = batch
         if self.model.y_embedder.num_classes == 1:
             labels = torch.zeros_like(labels)  # an unconditional model: one class, no dropout
         n = len(latents)
         rows = torch.arange(n, device=latents.device)
-        view = shard.randint(self.views, n)  # the image or its mirror
+        view = draws.randint(self.views, n)  # the image or its mirror
         latents, grain = latents[rows, view], grains[rows, view]
         x0 = self.target(latents, grain)
-        t = shard.randint(self.diffusion.num_timesteps, n)
-        drop = shard.rand(n) < self.model.y_embedder.dropout  # class dropout for guidance
-        noise = self.noise(x0, grain, shard)
+        t = draws.randint(self.diffusion.num_timesteps, n)
+        drop = draws.rand(n) < self.model.y_embedder.dropout  # class dropout for guidance
+        noise = self.noise(x0, grain, draws)
         maps = self.diffusion.training_maps(lambda x, tt: self.forward(x, tt, labels, grain, drop),
                                             x0, t, noise)
         parts = {k: self.reduce(m, grain) for k, m in maps.items()}
@@ -88,11 +89,11 @@ class D2iTTask(DiTTask):
     dynamic grain loss (each switchable for the ablations)."""
     name = "d2it"
 
-    def noise(self, x0, grain, shard):
+    def noise(self, x0, grain, draws):
         if not self.spec["multigrain_noise"]:
-            return super().noise(x0, grain, shard)
-        fine = shard.randn(len(x0), *x0.shape[1:])
-        coarse = shard.randn(len(x0), x0.shape[1], *grain.shape[1:])
+            return super().noise(x0, grain, draws)
+        fine = draws.randn(len(x0), *x0.shape[1:])
+        coarse = draws.randn(len(x0), x0.shape[1], *grain.shape[1:])
         return merge(fine, coarse, grain)
 
     def forward(self, x, t, labels, grain, drop):

@@ -204,6 +204,11 @@ class Tracker:
             except Exception as e:  # noqa: BLE001
                 self._disable(e)
 
+    def last(self) -> dict:
+        """The last line logged to metrics.jsonl ({} if none)."""
+        lines = self.jsonl.read_text().splitlines() if self.jsonl.exists() else []
+        return json.loads(lines[-1]) if lines else {}
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.client:
             try:

@@ -5,7 +5,7 @@ import torch
 from baselines.dit import dit
 from d2it.diffusion import GaussianDiffusion
 from d2it.grain import block_mean, expand, merge, multigrain_noise, project_coarse
-from d2it.models.dct import dct
+from d2it.models.d2it import d2it
 from d2it.stage2 import dynamic_grain_loss
 
 
@@ -43,7 +43,7 @@ def test_multigrain_noise_keeps_coarse_blocks_constant_at_every_t(grain):
 
 
 def test_reverse_steps_stay_on_the_grain_subspace(grain):
-    model = randomised(dct("tiny", input_size=8, num_classes=3))
+    model = randomised(d2it("tiny", input_size=8, num_classes=3))
     diffusion = GaussianDiffusion.dit(1000, 20)
     labels = torch.tensor([0, 1, 2])
     seen = []
@@ -105,27 +105,28 @@ def test_dynamic_grain_loss_is_a_mean_over_images():
 
 def test_routing_switch(grain):
     x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([5, 50, 500]), torch.tensor([0, 1, 2])
-    routed = randomised(dct("tiny", input_size=8, num_classes=3))
+    routed = randomised(d2it("tiny", input_size=8, num_classes=3))
     out = routed(x, t, y, grain)
     assert coarse_blocks_constant(out, grain) and not torch.allclose(out, routed(x, t, y, ~grain))
-    plain = randomised(dct("tiny", input_size=8, num_classes=3, routing=False))
+    plain = randomised(d2it("tiny", input_size=8, num_classes=3, routing=False))
     assert not any(hasattr(plain, n) for n in ("coarse_embedder", "grain_embedder", "coarse_layer"))
     assert torch.equal(plain(x, t, y, grain), plain(x, t, y, ~grain))  # the grain map is ignored
 
 
 def test_refinenet_depth_and_pos_embed_switches():
     for r in (0, 1, 2):
-        model = dct("tiny", input_size=8, num_classes=3, refine_depth=r)
+        model = d2it("tiny", input_size=8, num_classes=3, refine_depth=r)
         assert len(model.blocks) == 4 - r and len(model.refine_blocks) == r
-    assert dct("tiny", input_size=8, num_classes=3).pos_embed.requires_grad
-    assert not dct("tiny", input_size=8, num_classes=3, learnable_pos=False).pos_embed.requires_grad
+    assert d2it("tiny", input_size=8, num_classes=3).pos_embed.requires_grad
+    fixed = d2it("tiny", input_size=8, num_classes=3, learnable_pos=False)
+    assert not fixed.pos_embed.requires_grad
     with pytest.raises(ValueError, match="refine_depth 5 outside"):
-        dct("tiny", input_size=8, num_classes=3, refine_depth=5)
+        d2it("tiny", input_size=8, num_classes=3, refine_depth=5)
 
 
 def test_refinenet_only_changes_fine_predictions(grain):
     """The coarse head reads the backbone; RefineNet's correction reaches the fine head only."""
-    model = randomised(dct("tiny", input_size=8, num_classes=3, refine_depth=1))
+    model = randomised(d2it("tiny", input_size=8, num_classes=3, refine_depth=1))
     x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([5, 50, 500]), torch.tensor([0, 1, 2])
     before = model(x, t, y, grain)
     with torch.no_grad():
@@ -137,6 +138,6 @@ def test_refinenet_only_changes_fine_predictions(grain):
 
 
 def test_tiny_models_have_equal_budgets():
-    d = sum(p.numel() for p in dct("tiny", input_size=16, num_classes=10).parameters())
+    d = sum(p.numel() for p in d2it("tiny", input_size=16, num_classes=10).parameters())
     b = sum(p.numel() for p in dit("tiny/2", input_size=16, num_classes=10).parameters())
     assert abs(d / b - 1) < 0.05

@@ -72,7 +72,7 @@ def _expected_init(name: str, param: torch.Tensor) -> tuple[str, float]:
 @pytest.mark.parametrize("build", [
     lambda: DiT(input_size=16, in_channels=4, hidden_size=384, depth=2, num_heads=6,
                 num_classes=1000),
-    lambda: __import__("d2it.models.dct", fromlist=["dct"]).dct("tiny", input_size=16,
+    lambda: __import__("d2it.models.d2it", fromlist=["d2it"]).d2it("tiny", input_size=16,
                                                                  num_classes=10),
 ], ids=["dit", "d2it"])
 def test_initialisation_follows_dits_recipe(build):

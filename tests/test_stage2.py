@@ -14,7 +14,7 @@ from d2it.models import build
 from d2it.report.figures import overlay
 from d2it.sample import load_stage2, sample
 from d2it.stage2 import D2iTTask, train_model
-from d2it.train import Shard
+from d2it.task import RowDraws
 
 
 def settings(study, **changes):
@@ -165,8 +165,8 @@ def recorded_loss(task, maps_fn):
 
     task.diffusion.training_maps = training_maps
     batch = torch.utils.data.default_collate(task.dataset.__getitems__(list(range(8))))
-    shard = Shard(0, 8)
-    _, loss, _ = next(task.losses(batch, 0, shard))
+    draws = RowDraws(0, 8)
+    _, loss, _ = next(task.losses(batch, 0, draws))
     return loss, seen["noise"], batch
 
 
@@ -201,12 +201,12 @@ def test_d2it_parameters_are_dit_plus_routing():
     """DCT-XL = DiT-XL/2 + coarse embedder (C·D + D) + grain embedding (2D) + coarse head
     (adaLN D·2D + 2D, linear D·2C + 2C), with the same total depth."""
     from baselines.dit import dit
-    from d2it.models.dct import dct
+    from d2it.models.d2it import d2it
 
     d, c = 1152, 4
     extra = (c * d + d) + 2 * d + (d * 2 * d + 2 * d) + (d * 2 * c + 2 * c)
     with torch.device("meta"):  # shapes only
-        count = sum(p.numel() for p in dct("XL", input_size=32, num_classes=1000).parameters())
+        count = sum(p.numel() for p in d2it("XL", input_size=32, num_classes=1000).parameters())
         baseline = sum(p.numel() for p in dit("XL/2").parameters())
     assert count == baseline + extra == 677_803_432
 

@@ -15,7 +15,8 @@ import torch.nn as nn
 import d2it
 from d2it import config
 from d2it.errors import D2itError
-from d2it.train import EpochBatches, Shard, batch_split, train
+from d2it.task import EpochBatches, RowDraws, batch_split
+from d2it.train import train
 
 PACKAGE = Path(d2it.__file__).parent
 
@@ -152,7 +153,7 @@ class ToyTask:
     def distribute(self, wrap):
         pass
 
-    def losses(self, batch, step, shard):
+    def losses(self, batch, step, draws):
         x, y = batch
         loss = (self.model(x) - y).square().mean()
         if step == self.nan_at:
@@ -187,7 +188,7 @@ def test_nan_before_any_checkpoint_says_so(tmp_path):
 def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
     """While one process trains in a folder (its lock held), another is refused by name and
     writes nothing; once the first has ended, the folder trains (and resumes) again."""
-    from d2it.train import lock_run_dir
+    from d2it.run_folder import lock_run_dir
 
     record = {"identity": {"toy": 1}}
     train(ToyTask(), toy_cfg(steps=2), tmp_path, record, {"uri": None, "experiment": "t"},
@@ -212,9 +213,9 @@ def test_keep_ckpts_keeps_the_newest_and_zero_none_once_final(tmp_path, keep):
     seen = []
 
     class Watched(ToyTask):
-        def losses(self, batch, step, shard):
+        def losses(self, batch, step, draws):
             seen.append(sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.pt")))
-            yield from super().losses(batch, step, shard)
+            yield from super().losses(batch, step, draws)
 
     train(Watched(), toy_cfg(steps=6, keep_ckpts=keep), tmp_path, {"identity": {"toy": 1}},
           {"uri": None, "experiment": "t"}, seed=0)
@@ -259,7 +260,7 @@ def test_training_step_does_not_wait_for_the_device_between_logging_steps(tmp_pa
         monkeypatch.setattr(torch.Tensor, name, counted)
 
     class SilentToy(ToyTask):
-        def losses(self, batch, step, shard):
+        def losses(self, batch, step, draws):
             steps.append(step)
             x, y = batch
             loss = (self.model(x) - y).square().mean()
@@ -347,13 +348,13 @@ def test_micro_batches_of_ranks_and_rounds_cover_the_global_batch():
         batch_split(32, 12, 2)
 
 
-def test_shard_draws_do_not_depend_on_the_split():
+def test_row_draws_do_not_depend_on_the_split():
     """A row's random numbers depend on (seed, step, draw) and its global row, not on which
     process or accumulation round holds it."""
-    whole = Shard(7, 8)
+    whole = RowDraws(7, 8)
     whole.begin(3, torch.arange(8))
     expected = [whole.randn(8, 2), whole.randint(1000, 8)]
-    part = Shard(7, 8)
+    part = RowDraws(7, 8)
     part.begin(3, torch.tensor([1, 3, 5, 7]))
     assert torch.equal(part.randn(4, 2), expected[0][1::2])
     assert torch.equal(part.randint(1000, 4), expected[1][1::2])

@@ -4,7 +4,7 @@ constructor's arguments. Checkpoints store it, so a run's network is rebuilt fro
 | kind     | network                                               | module      |
 |----------|-------------------------------------------------------|-------------|
 | dit      | the DiT baseline                                      | dit.py      |
-| d2it     | D²iT's Dynamic Content Transformer                    | dct.py      |
+| d2it     | D²iT's Dynamic Content Transformer                    | d2it.py     |
 | grain    | D²iT's Dynamic Grain Transformer (a DiT over grain maps) | dit.py   |
 | dvae     | the Dynamic VAE of stage 1                            | dvae.py     |
 | patchgan | the DVAE's PatchGAN discriminator                     | patchgan.py |
@@ -14,13 +14,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from d2it.models import dct, dit
+from d2it.models import d2it, dit
 from d2it.models.dvae import DVAE, PRESETS
 from d2it.models.patchgan import PatchDiscriminator
 
 BUILDERS = {
     "dit": dit.DiT,
-    "d2it": dct.DynamicContentTransformer,
+    "d2it": d2it.DynamicContentTransformer,
     "grain": dit.DiT,
     "dvae": DVAE,
     "patchgan": PatchDiscriminator,
@@ -57,7 +57,7 @@ def architecture(spec: dict, latent: dict, classes: int, learn_sigma: bool) -> d
                 "in_channels": latent["channels"], "hidden_size": hidden, "depth": depth,
                 "num_heads": heads, **common}
     if spec["kind"] == "d2it":
-        depth, refine, hidden, heads = dct.SIZES[spec["size"]]
+        depth, refine, hidden, heads = d2it.SIZES[spec["size"]]
         depth = spec["depth"] if spec["depth"] is not None else depth
         refine = spec["refine_depth"] if spec["refine_depth"] is not None else refine
         return {"kind": "d2it", "input_size": latent["size"], "in_channels": latent["channels"],

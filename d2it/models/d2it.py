@@ -71,7 +71,7 @@ SIZES = {  # depth (DiT + RefineNet), RefineNet depth, hidden, heads
 }
 
 
-def dct(size: str, **kwargs) -> DynamicContentTransformer:
+def d2it(size: str, **kwargs) -> DynamicContentTransformer:
     """A size of SIZES; `depth` / `refine_depth` override its block counts (Table 4)."""
     depth, refine, hidden, heads = SIZES[size]
     return DynamicContentTransformer(depth=kwargs.pop("depth", depth),
