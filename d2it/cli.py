@@ -174,7 +174,7 @@ def cmd_study_rehearse(args) -> None:
 
 def cmd_study_plan(args) -> list[dict]:
     from d2it.cost import plan_cost
-    from d2it.study import describe
+    from d2it.report.plan_rows import describe
 
     plan = _plan(args)
     rows = plan.table_rows(args.table) if args.table else plan.rows

@@ -10,7 +10,8 @@ from d2it.errors import D2itError
 from d2it.metrics.extractors import metric_key
 from d2it.metrics.extractors import Extractor
 from d2it import study as studies
-from d2it.report.tables import PAPER, paper_table
+from d2it.report.paper import PAPER
+from d2it.report.tables import paper_table
 from tests_support import tiny_study
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from d2it import study as studies
+from d2it.report.plan_rows import describe
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "config"
@@ -30,7 +31,7 @@ def plan_rows(config: Path, *sets: str, cli: bool = False) -> list[dict]:
     """The rows `d2it study plan` prints (through the CLI when `cli`, else in this process)."""
     if not cli:
         plan = studies.plan(studies.load(config, list(sets)))
-        return json.loads(json.dumps([studies.describe(plan, row) for row in plan.rows]))
+        return json.loads(json.dumps([describe(plan, row) for row in plan.rows]))
     args = [sys.executable, "-m", "d2it.cli", "study", "plan", "--config", str(config)]
     proc = subprocess.run(args + [a for s in sets for a in ("--set", s)], capture_output=True,
                           text=True, cwd=REPO)

@@ -9,8 +9,8 @@ from scipy import stats
 
 from d2it import study as studies
 from d2it.errors import D2itError
-from d2it.report.verdict import (FAILS, HOLDS, OPEN, beats, decide, holm, matches,
-                                 p_value_beats, p_value_matches, paired_difference, verdicts,
+from d2it.report.stats import holm, p_value_beats, p_value_matches, paired_difference
+from d2it.report.verdict import (FAILS, HOLDS, OPEN, beats, decide, matches, verdicts,
                                  write_verdict)
 from test_report import write_metrics
 from tests_support import tiny_study

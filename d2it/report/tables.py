@@ -5,22 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from d2it.errors import D2itError
 from d2it.files import read_json
 from d2it.report.marks import NOTE
+from d2it.report.paper import PAPER
+from d2it.report.plan_rows import describe
+from d2it.report.stats import mean_interval
 
-PAPER = yaml.safe_load(Path(__file__).with_name("paper.yaml").read_text(encoding="utf-8"))
 # What the paper's FID / IS / Precision / Recall measure, and the class score where measured.
 OURS = ("fd", "is", "precision", "recall", "class_acc")
 BUDGET = ("train_steps", "autoencoder", "evaluator")  # what a paper number came from
-
-
-def paper_method(table: str, row_id: str) -> str | None:
-    """The paper's name of a row (None for a table or row the paper does not have)."""
-    row = PAPER.get(table, {}).get("rows", {}).get(row_id)
-    return row["method"] if row else None
 
 
 def _paper_columns(paper: dict, theirs: dict) -> dict:
@@ -57,9 +52,6 @@ def _recon(plan, dvae, table: str, row_id: str) -> dict:
 def paper_table(plan, table: str) -> pd.DataFrame:
     """A study table: each row's metrics (mean and spread over its training seeds when several)
     beside the paper's numbers. A missing metrics file is an error, not a blank."""
-    from d2it.report.verdict import mean_interval
-    from d2it.study import describe
-
     paper = PAPER.get(table, {"metrics": [], "rows": {}, "protocol": None})
     rows = []
     for row in plan.table_rows(table):
