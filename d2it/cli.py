@@ -101,7 +101,7 @@ def cmd_sample(args) -> dict:
         found = plan.find_sample_set(args.sample_set)
         grain_run = found.grain_run.folder if found.grain_run else None
         return sample(found.run.folder, found.settings, Path(args.out or found.npz), grain_run,
-                      Path(args.grid) if args.grid else found.grid, plan.study["rehearsal"])
+                      Path(args.grid) if args.grid else found.grid, plan.study["mark"])
     if not (args.run_dir and args.out):
         raise D2itError("give --sample-set NAME (`d2it study plan` lists them), "
                         "or --run-dir and --out")
@@ -109,7 +109,7 @@ def cmd_sample(args) -> dict:
     settings = {**study["sampling"], "classes": None}
     return sample(Path(args.run_dir), settings, Path(args.out),
                   Path(args.grain_run) if args.grain_run else None,
-                  Path(args.grid) if args.grid else None, study["rehearsal"])
+                  Path(args.grid) if args.grid else None, study["mark"])
 
 
 def cmd_metrics(args) -> dict:
@@ -222,6 +222,13 @@ def cmd_report_verdict(args) -> dict:
             "claims": {r["id"]: r["verdict"] for r in results}}
 
 
+def cmd_report_publish(args) -> dict:
+    from d2it.report.publish import publish
+
+    plan = _plan(args)
+    return publish(plan, Path(args.to) if args.to else plan.published_dir.parent)
+
+
 def cmd_report_curve(args) -> dict:
     from d2it.report import curves
 
@@ -245,7 +252,7 @@ def cmd_report_grain_maps(args) -> dict:
     manifest = Path(plan.study["data"]["manifest"])
     names = Manifest.load(manifest).classes if manifest.is_file() else None
     out = Path(args.out) if args.out else plan.grain_maps_png
-    return grain_maps(found[0].npz, found[1].npz, out, names, plan.study["rehearsal"])
+    return grain_maps(found[0].npz, found[1].npz, out, names, plan.study["mark"])
 
 
 def cmd_report_samples(args) -> dict:
@@ -256,7 +263,7 @@ def cmd_report_samples(args) -> dict:
     manifest = Path(study["data"]["manifest"])
     names = Manifest.load(manifest).classes if manifest.is_file() else None
     return samples_figure(Path(args.samples), Path(args.out), args.by_class, args.per_row,
-                          names, args.title, study["rehearsal"])
+                          names, args.title, study["mark"])
 
 
 def cmd_bench(args) -> dict | None:
@@ -395,6 +402,11 @@ def parser() -> argparse.ArgumentParser:
     sp = with_config(rep.add_parser("verdict", help="one verdict per claim of the paper "
                                     "(results/<study>/verdict.md and .json)"))
     sp.set_defaults(fn=cmd_report_verdict)
+    sp = with_config(rep.add_parser("publish", help="copy a finished study's tables, figures, "
+                                    "metric JSON and verdict to results/published/<study>/ "
+                                    "(in git; DVC reads it)"))
+    sp.add_argument("--to", help="folder of published studies (default: results/published)")
+    sp.set_defaults(fn=cmd_report_publish)
     sp = with_config(rep.add_parser("curve", help="Fig. 5 (fine-ratio sweep) or Fig. 6 "
                                     "(convergence), with its CSV beside"))
     sp.add_argument("figure", choices=["fig5", "fig6"])

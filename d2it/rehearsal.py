@@ -8,7 +8,7 @@ Only these are cut (CUTS names each with its reason):
 - counts: training steps and batch, sample counts, sampling steps, bootstrap rounds, to the least
   that runs every code path (a checkpoint, an accumulation round, guidance, a snapshot);
 - weights that cannot be downloaded here: stand-ins (d2it/standins.py) of the real files' layout.
-Every table, figure and verdict it makes says REHEARSAL (the study's `rehearsal` key). It writes
+Every table, figure and verdict it makes says REHEARSAL (the study's `mark` key). It writes
 only in its folder (default rehearsal/<study>), never under the checkout's results/ or runs/.
 
 A kill test follows the DAG: the training of the study's largest spec is killed with SIGKILL after
@@ -82,7 +82,7 @@ def cut(study: dict) -> tuple[dict, list[dict]]:
             made.append({"key": key, "was": node[key.split(".")[-1]], "now": value, "why": why})
             set_key(study, key, value)
 
-    put("rehearsal", True, "every table, figure and verdict says REHEARSAL")
+    put("mark", "rehearsal", "every table, figure and verdict says REHEARSAL")
     for key, value, why in CUTS:
         put(key, value, why)
     for spec_name, spec in study["specs"].items():  # a spec's own training settings

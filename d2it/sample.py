@@ -220,9 +220,9 @@ def _save_npz(path: Path, **arrays) -> None:
 
 
 def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = None,
-           grid: Path | None = None, rehearsal: bool = False) -> dict:
+           grid: Path | None = None, mark: str | None = None) -> dict:
     """Write N samples to `out` (.npz: arr_0, labels, grain), a JSON beside it and a PNG grid
-    (`grid`, default beside it; marked in a rehearsal). Under torchrun each process draws every
+    (`grid`, default beside it; under the study's mark). Under torchrun each process draws every
     world-th batch (none if there are fewer batches than processes); rank 0 merges the parts in
     sample order."""
     dist = Distributed()
@@ -231,11 +231,11 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     job = sampling_job(Path(run_dir), s, grain_run, dist.device)
     return draw(job, dist, out, grid, {"run": str(run_dir),
                                        "grain_run": str(grain_run) if grain_run else None},
-                rehearsal)
+                mark)
 
 
 def draw(job: DiTSampling, dist: Distributed, out: Path, grid: Path | None, source: dict,
-         rehearsal: bool = False) -> dict:
+         mark: str | None = None) -> dict:
     """Draw a job's N samples into `out`, its JSON and grid; `source` says what was sampled."""
     s = job.s
     out = Path(out)
@@ -266,7 +266,7 @@ def draw(job: DiTSampling, dist: Distributed, out: Path, grid: Path | None, sour
     grid.parent.mkdir(parents=True, exist_ok=True)
     kind = "d2it" if isinstance(job, D2iTSampling) else "dit"
     write_grid(arrays["arr_0"][:64], arrays["grain"][:64] if kind == "d2it" else None, grid,
-               rehearsal=rehearsal)
+               mark=mark)
     result = {"samples": str(out), "grid": str(grid), "n": len(arrays["arr_0"]), "kind": kind,
               **source, **job.params,
               "grain_source": job.source if kind == "d2it" else None,

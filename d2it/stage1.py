@@ -197,8 +197,8 @@ def evaluate_recon(study: dict, run_dir: Path, out: Path) -> dict:
                    "class_acc_decoded_ci95": decoded["ci95"],
                    "class_acc_ceiling": classifier["heldout_accuracy"],
                    "class_acc_ceiling_ci95": classifier["heldout_ci95"]}
-    if study["rehearsal"]:
-        result["rehearsal"] = True
+    if study["mark"]:
+        result["mark"] = study["mark"]
     write_json_atomic(out, result)
     return result
 

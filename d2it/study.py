@@ -298,12 +298,6 @@ class SampleSet:
         return self.npz.with_suffix(".json")
 
     @property
-    def receipt(self) -> Path:
-        """An empty file made with the metrics, beside the samples (not in git): a metrics file
-        without it was made elsewhere, e.g. committed (the workflow remakes it)."""
-        return self.npz.with_suffix(".evaluated")
-
-    @property
     def train_step(self) -> int:
         """The training step of the weights sampled: `at_step`, else the run's last."""
         return self.settings.get("at_step") or self.run.identity["train"]["steps"]
@@ -345,7 +339,13 @@ class Plan:
 
     @property
     def results_dir(self) -> Path:
+        """Snakemake's outputs (not in git)."""
         return Path(self.study["paths"]["results"]) / self.name
+
+    @property
+    def published_dir(self) -> Path:
+        """The results as published by `d2it report publish` (in git)."""
+        return Path(self.study["paths"]["results"]) / "published" / self.name
 
     def _add(self, identity: dict, spec: str | None) -> Run:
         name = f"{_label(identity)}-{config_mod.digest(identity)[:10]}"
@@ -426,10 +426,6 @@ class Plan:
 
     def recon_json(self, run: Run) -> Path:
         return self.results_dir / "metrics" / "dvae" / f"{run.folder.name}.json"
-
-    def recon_receipt(self, run: Run) -> Path:
-        """An empty file made with recon_json, in the DVAE's run folder: see SampleSet.receipt."""
-        return run.folder / "recon.evaluated"
 
     @property
     def recon_csv(self) -> Path:

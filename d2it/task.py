@@ -77,8 +77,9 @@ def batch_split(batch_size: int, batch_gpu: int | None, world: int) -> tuple[int
 class RowDraws:
     """Per-row randomness: this micro-batch's rows of the global batch and their draws. Row p of
     the global batch (p = 0 .. batch_size - 1) draws from generators seeded by (seed, step, draw),
-    whatever process and accumulation round holds it: every draw is made for the whole global batch on the CPU and
-    sliced, so a run's numbers do not depend on the number of processes or the per-GPU batch."""
+    whatever process and accumulation round holds it: every draw is made for the whole global
+    batch on the CPU and sliced, so a run's numbers do not depend on the number of processes or
+    the per-GPU batch."""
 
     def __init__(self, seed: int, batch_size: int, device: torch.device = torch.device("cpu")):
         self.seed, self.batch_size, self.device = seed, batch_size, device

@@ -6,8 +6,10 @@ Snakemake run (Snakemake decides what to make; DVC records and versions what cam
 What a user versions, by where it lives:
 - in the DVC cache (`dvc push` to a remote): the final weights of every run, the generated
   dataset of a study that synthesises its own, the cached reference statistics and classifier;
-- in git (`cache: false`): the entropy thresholds, tables, figures, verdicts and the numbers-only
-  row metrics (`dvc metrics`) and figure CSVs (`dvc plots`).
+- in git (`cache: false`): the entropy thresholds and the published results
+  (results/published/<study>/: tables, figures, verdicts, the numbers-only row metrics that
+  `dvc metrics` reads and the figure CSVs that `dvc plots` reads). Snakemake's own outputs
+  (results/<study>/) are in neither: they are remade from the runs.
 Every output is `persist: true`: DVC must not delete weights or results before Snakemake runs,
 or `dvc repro` would retrain what is already there.
 """
@@ -23,7 +25,7 @@ HEADER = """\
 # Written by `d2it study dvc > dvc.yaml` from config/*.yaml (d2it/versioning.py says what is
 # versioned where). `dvc repro <study>` runs the study's Snakemake workflow; `dvc push` sends its
 # weights, generated data and reference statistics to your remote; `dvc metrics show` and
-# `dvc plots show` read the committed results.
+# `dvc plots show` read the published results.
 """
 CODE = ["Snakefile", "workflow", "d2it"]
 CURVES = ("fig5", "fig6", "grain_maps")
@@ -37,19 +39,18 @@ def _out(path, cache: bool) -> dict:
 
 
 def results(plan) -> list[Path]:
-    """The result files of a study kept in git: its targets and the files written beside them."""
+    """The result files of a study DVC plots read: its targets and the CSVs written beside."""
     files = []
     for target in plan.targets():
         files.append(target)
-        if target.suffix == ".png":  # Figs. 5-6 and the grain maps keep their CSV beside
-            files += [target.with_suffix(".csv")] if target.stem in CURVES else []
-        if target == plan.verdict_md:
-            files.append(target.with_suffix(".json"))
+        if target.suffix == ".png" and target.stem in CURVES:  # Figs. 5-6 and the grain maps
+            files.append(target.with_suffix(".csv"))
     return files
 
 
-def stage(config: Path) -> tuple[dict, list[dict]]:
-    """The DVC stage of one study config, and its plot definitions."""
+def stage(config: Path) -> tuple[dict, list[dict], list[str]]:
+    """The DVC stage of one study config, its plot definitions and its metrics files (top-level
+    entries: they lie inside the stage's published folder, which is its output)."""
     resolved = studies.load(config)
     plan = studies.plan(resolved)
     data, metrics = resolved["data"], resolved["metrics"]
@@ -64,21 +65,23 @@ def stage(config: Path) -> tuple[dict, list[dict]]:
     outs.append(_out(resolved["grain"]["thresholds"], cache=False))
     outs.append(_out(metrics["reference_dir"], cache=True))
     outs += [_out(run.folder / "final.pt", cache=True) for run in plan.runs.values()]
-    outs += [_out(path, cache=False) for path in results(plan)]
-    rows = [_out(plan.results_dir / "rows" / table, cache=False) for table in resolved["tables"]]
-    plots = [{str(plan.results_dir / name): {"x": x, "y": y, "title": f"{title} ({plan.name})"}}
+    outs.append(_out(plan.published_dir, cache=False))
+    published = plan.published_dir
+    rows = [str(published / "rows" / table) for table in resolved["tables"]]
+    plots = [{str(published / name): {"x": x, "y": y, "title": f"{title} ({plan.name})"}}
              for name, (x, y, title) in PLOTS.items() if plan.results_dir / name in results(plan)]
-    body = {"cmd": f"snakemake --cores all --configfile {config}", "deps": deps, "outs": outs,
-            "metrics": rows}
-    return {plan.name: body}, plots
+    body = {"cmd": f"snakemake --cores all publish --configfile {config}", "deps": deps,
+            "outs": outs}
+    return {plan.name: body}, plots, rows
 
 
 def dvc_yaml(configs: list[Path]) -> str:
     """dvc.yaml for these study configs."""
-    stages, plots = {}, []
+    stages, plots, metrics = {}, [], []
     for config in configs:
-        found, its_plots = stage(config)
+        found, its_plots, its_metrics = stage(config)
         stages.update(found)
         plots += its_plots
-    return HEADER + yaml.safe_dump({"stages": stages, "plots": plots}, sort_keys=False,
-                                   width=100)
+        metrics += its_metrics
+    body = {"stages": stages, "metrics": metrics, "plots": plots}
+    return HEADER + yaml.safe_dump(body, sort_keys=False, width=100)

@@ -42,6 +42,17 @@ def test_unknown_key_is_named(tmp_path):
         config.load(path)
 
 
+def test_the_published_folder_is_no_study_name(tmp_path):
+    """results/published/<study> holds published copies: a study named `published` would
+    write its outputs there."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"name": "published"}))
+    with pytest.raises(D2itError, match=r"c\.yaml: name: 'published' does not match"):
+        config.load(path)
+    path.write_text(yaml.safe_dump({"name": "published2"}))
+    assert config.load(path)["name"] == "published2"
+
+
 def test_spec_keys_are_checked_per_kind(tmp_path):
     cpu = yaml.safe_load(CPU.read_text())
     cpu["specs"]["dit"]["refine_depth"] = 1  # a D²iT key on a DiT spec

@@ -28,7 +28,7 @@ def test_cuts_keep_the_paper_sizes_and_move_every_path_into_the_folder(config):
     study = studies.load(REPO / "config" / f"{config}.yaml")
     before = studies.plan(studies.load(REPO / "config" / f"{config}.yaml"))
     rehearsed, cuts = cut(study)
-    assert rehearsed["rehearsal"] is True
+    assert rehearsed["mark"] == "rehearsal"
     keys = {c["key"] for c in cuts}
     # counts cut, every cut with its reason
     assert rehearsed["train"]["steps"] == 2 and rehearsed["train"]["batch_gpu"] == 1
@@ -148,9 +148,9 @@ def test_a_rehearsal_runs_every_job_marks_every_output_and_resumes_a_killed_run(
     # marked outputs
     results = folder / "results" / "tinypaper"
     table = pd.read_csv(results / "table2.csv")
-    assert table["rehearsal"].str.startswith("REHEARSAL").all()
+    assert table["mark"].str.startswith("REHEARSAL").all()
     assert (results / "verdict.md").read_text().startswith("# REHEARSAL: Verdicts")
-    assert json.loads((results / "verdict.json").read_text())["rehearsal"].startswith("REHEARSAL")
+    assert json.loads((results / "verdict.json").read_text())["mark"].startswith("REHEARSAL")
     grid = np.asarray(Image.open(next((results / "samples").glob("*.png"))).convert("RGB"))
     assert (grid[:12, :, 0] > 150).mean() > 0.5  # the red band above the samples
     assert (results / "fig6.png").is_file()
@@ -165,4 +165,4 @@ def test_a_rehearsal_runs_every_job_marks_every_output_and_resumes_a_killed_run(
     assert "REHEARSAL of study `tinypaper`" in proc.stdout
 
     # the study's own config is what Snakemake read
-    assert yaml.safe_load((folder / "study.yaml").read_text())["rehearsal"] is True
+    assert yaml.safe_load((folder / "study.yaml").read_text())["mark"] == "rehearsal"

@@ -196,3 +196,29 @@ def test_grain_maps_figure_compares_sources_per_class_and_position(tmp_path):
     first = summary[1].split(",")
     assert first[0] == "a" and float(first[2]) == 0.5
     assert float(first[1]) == pytest.approx(gt[labels == 0].mean())
+
+
+def test_publish_copies_a_finished_study_and_refuses_an_unfinished_one(tmp_path):
+    """`d2it report publish`: every target copied with its sha256 in PUBLISHED.json; a study with
+    a target missing is refused by name, and what was published before stays as it was."""
+    from d2it.files import sha256_file
+    from d2it.report.publish import publish
+
+    plan = studies.plan(studies.resolve(tiny_study(tmp_path, tmp_path / "m.json"), "tiny"))
+    for i, target in enumerate(plan.targets()):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"made {i}\n")
+    scratch = plan.results_dir / "runs-only.npz"  # not a result: not published
+    scratch.write_text("x")
+    to = tmp_path / "published"
+    publish(plan, to)
+    manifest = json.loads((to / "tiny" / "PUBLISHED.json").read_text())
+    assert set(manifest["files"]) == {t.relative_to(plan.results_dir).as_posix()
+                                      for t in plan.targets()}
+    for name, digest in manifest["files"].items():
+        assert sha256_file(to / "tiny" / name) == digest == sha256_file(plan.results_dir / name)
+    before = {p: p.read_bytes() for p in (to / "tiny").rglob("*") if p.is_file()}
+    plan.verdict_md.unlink()
+    with pytest.raises(D2itError, match="not finished: .*verdict.md is missing"):
+        publish(plan, to)
+    assert {p: p.read_bytes() for p in (to / "tiny").rglob("*") if p.is_file()} == before

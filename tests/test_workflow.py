@@ -2,7 +2,6 @@
 and resolve to the jobs `d2it study plan` lists; a tiny study runs for real beside another one."""
 import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
@@ -136,36 +135,19 @@ def test_default_target_is_the_cpu_study(checkout):
         {t.replace("results/cpu/", "results/cpu2/") for t in tables}
 
 
-def test_committed_results_without_their_runs_are_remade_and_ones_made_here_kept(checkout):
-    """A fresh clone holds the committed table and metrics but no runs: Snakemake would count
-    them up to date. The dry run lists the jobs that remake them, runs included; once the
-    metrics were made here (their receipts exist), deleting the bulky samples remakes nothing."""
+def test_published_results_leave_every_job_to_do_in_a_fresh_clone(checkout):
+    """A fresh clone holds the published copy (results/published/cpu/, in git) and no Snakemake
+    outputs: the dry run of Table 2 lists every job it needs, runs included, and none of them
+    writes into the published folder."""
+    shutil.copytree(REPO / "results" / "published", checkout / "results" / "published")
     plan = studies.plan(studies.load(REPO / "config" / "cpu.yaml"))
-    sets = [ss for row in plan.table_rows("table2") for ss in row.sample_sets]
-    dvaes = {plan.dvae_of(ss.run).folder: plan.dvae_of(ss.run) for ss in sets}.values()
-    table = checkout / plan.table_csv("table2")
-    results = [ss.metrics for ss in sets] + [plan.recon_json(run) for run in dvaes]
-    for path in [checkout / p for p in results] + [table]:  # the table after its inputs
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("committed\n")
+    assert not (checkout / plan.table_csv("table2")).exists()
     jobs = dry_run(["--cores", "1", str(plan.table_csv("table2"))], checkout)
-    evaluated = [job["output"][0] for job in jobs if job["rule"] == "sample_metrics"]
-    assert sorted(evaluated) == sorted(str(ss.metrics) for ss in sets)
     rules = [job["rule"] for job in jobs]
+    sets = [ss for row in plan.table_rows("table2") for ss in row.sample_sets]
     assert rules.count("sample") == len(sets) and rules.count("paper_table") == 1
-    assert rules.count("eval_recon") == len(dvaes)  # each row's decode ceiling
-    assert "train_model" in rules and "curve_figure" not in rules  # only what Table 2 needs
-    assert table.read_text() == "committed\n"  # a dry run changes nothing
-    made = table.stat().st_mtime - 60
-    receipts = [ss.receipt for ss in sets] + [plan.recon_receipt(run) for run in dvaes]
-    for path in receipts:  # made here before the table, the samples deleted since
-        receipt = checkout / path
-        receipt.parent.mkdir(parents=True, exist_ok=True)
-        receipt.touch()
-        os.utime(receipt, (made, made))
-    proc = subprocess.run([SNAKEMAKE, "--cores", "1", "-n", str(plan.table_csv("table2"))],
-                          capture_output=True, text=True, cwd=checkout)
-    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+    assert "train_model" in rules and "train_dvae" in rules and "curve_figure" not in rules
+    assert not any("results/published" in out for job in jobs for out in job["output"])
 
 
 def test_one_study_at_a_time(checkout):
@@ -220,7 +202,7 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
         assert caption in html, caption
     # DVC reads the rows' metrics as numbers only, in a table that fits 160 columns
     subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
-    (tmp_path / "dvc.yaml").write_text("metrics:\n  - results/tiny/rows\n")
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - results/tiny/rows\n")  # as published
     shown = subprocess.run([DVC, "metrics", "show", "--json"], capture_output=True, text=True,
                            cwd=tmp_path, check=True).stdout
     values = [v for file in json.loads(shown)[""]["data"].values() for v in
@@ -275,16 +257,23 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     longer = {**first, "train": {**first["train"], "steps": first["train"]["steps"] + 1}}
     (tmp_path / "longer.yaml").write_text(yaml.safe_dump(longer))
     assert "train_model" in {job["rule"] for job in dry_run([*keep, "longer.yaml"], tmp_path)}
-    # a clone holding the results alone (committed) remakes them, runs first
+    # published: a copy of every target with its sha256; a clone holding only that copy (what
+    # git keeps) remakes everything, runs first
+    proc = subprocess.run([*args, "publish", "--configfile", "tiny.yaml"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    published = tmp_path / "results" / "published" / "tiny"
+    manifest = json.loads((published / "PUBLISHED.json").read_text())
+    assert manifest["files"]["verdict.md"] == hashlib.sha256(
+        (tmp_path / "results/tiny/verdict.md").read_bytes()).hexdigest()
+    targets = {target.relative_to(plan.results_dir).as_posix() for target in plan.targets()}
+    assert targets <= set(manifest["files"])
     clone = tmp_path / "clone"
-    shutil.copytree(tmp_path / "results" / "tiny", clone / "results" / "tiny")
+    shutil.copytree(published, clone / "results" / "published" / "tiny")
     shutil.copy(tmp_path / "tiny.yaml", clone)
     jobs = dry_run([*args[1:], "--configfile", "tiny.yaml"], clone)
-    remade = {job["output"][0] for job in jobs if job["rule"] == "sample_metrics"}
-    assert remade == {str(ss.metrics) for ss in plan.sample_sets.values()
-                      if (tmp_path / ss.metrics).exists()}
-    assert {"train_dvae", "train_model", "sample", "paper_table", "verdict"} <= \
-        {job["rule"] for job in jobs}
+    assert {"train_dvae", "train_model", "sample", "sample_metrics", "paper_table",
+            "verdict"} <= {job["rule"] for job in jobs}
 
 
 def test_lint_finds_nothing_but_the_shared_environment():
@@ -325,8 +314,9 @@ def test_multi_node_jobs_run_one_torchrun_per_node_meeting_at_the_first(checkout
 
 def test_dvc_yaml_is_one_stage_per_study_versioning_its_weights_and_results():
     """dvc.yaml is what `d2it study dvc` writes from config/*.yaml; DVC accepts it (no
-    overlapping outputs between studies); each stage runs its study's Snakemake workflow and
-    keeps every planned run's weights in the cache and every target in git, all persistent."""
+    overlapping outputs between studies); each stage runs its study's Snakemake workflow up to
+    `publish` and keeps every planned run's weights in the cache and the published folder in
+    git, all persistent; the metrics DVC reads lie in the published folder."""
     from d2it.versioning import dvc_yaml
 
     configs = sorted((REPO / "config").glob("*.yaml"))
@@ -339,10 +329,12 @@ def test_dvc_yaml_is_one_stage_per_study_versioning_its_weights_and_results():
     for config in configs:
         plan = studies.plan(studies.load(config))
         body = stages[plan.name]
-        assert body["cmd"] == f"snakemake --cores all --configfile config/{config.name}"
+        assert body["cmd"] == f"snakemake --cores all publish --configfile config/{config.name}"
         outs = {path: opts for out in body["outs"] for path, opts in out.items()}
         assert all(opts["persist"] for opts in outs.values())
         for run in plan.runs.values():
             assert outs[str(run.folder / "final.pt")]["cache"] is True
-        for target in plan.targets():
-            assert outs[str(target)]["cache"] is False
+        assert outs[str(plan.published_dir)]["cache"] is False
+        assert not any(str(plan.results_dir) in path for path in outs)  # remade, not versioned
+        for table in plan.study["tables"]:
+            assert str(plan.published_dir / "rows" / table) in yaml.safe_load(text)["metrics"]

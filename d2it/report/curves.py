@@ -58,9 +58,9 @@ def fig5_table(plan) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["fine_ratio", "seed"]).reset_index(drop=True)
 
 
-def _save(fig, table: pd.DataFrame, png: Path, rehearsal: bool) -> dict:
+def _save(fig, table: pd.DataFrame, png: Path, mark: str | None) -> dict:
     png = Path(png)
-    marks.stamp(fig, rehearsal)
+    marks.stamp(fig, mark)
     with atomic(png) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -82,9 +82,9 @@ def fig6(plan, png: Path) -> dict:
         ax.set_ylabel(table["fd_key"].iloc[0] + " (lower is better)" if metric == "fd"
                       else "class score: samples recognised as their class")
         ax.legend(title="model")
-    fig.suptitle(marks.title(plan.study["rehearsal"], f"Fig. 6: convergence, study {plan.name} "
+    fig.suptitle(marks.title(plan.study["mark"], f"Fig. 6: convergence, study {plan.name} "
                              f"({table['protocol'].iloc[0][:60]}...)"), fontsize=9)
-    return _save(fig, table, png, plan.study["rehearsal"])
+    return _save(fig, table, png, plan.study["mark"])
 
 
 def fig5(plan, png: Path) -> dict:
@@ -100,9 +100,9 @@ def fig5(plan, png: Path) -> dict:
     ax.set_xlabel("fine-grain ratio of the DVAE")
     ax.set_ylabel("Fréchet distance (lower is better)")
     ax.legend(title="quality")
-    ax.set_title(marks.title(plan.study["rehearsal"], f"Fig. 5: fine-grain ratio sweep, study "
+    ax.set_title(marks.title(plan.study["mark"], f"Fig. 5: fine-grain ratio sweep, study "
                              f"{plan.name}"))
-    return _save(fig, table, png, plan.study["rehearsal"])
+    return _save(fig, table, png, plan.study["mark"])
 
 
 def grain_maps_table(predicted: Path, ground_truth: Path) -> pd.DataFrame:
@@ -117,7 +117,7 @@ def grain_maps_table(predicted: Path, ground_truth: Path) -> pd.DataFrame:
 
 
 def grain_maps(predicted: Path, ground_truth: Path, png: Path,
-               class_names: list[str] | None = None, rehearsal: bool = False) -> dict:
+               class_names: list[str] | None = None, mark: str | None = None) -> dict:
     """The grain model against the ground truth: fine fraction per class (box plots) and how often
     each position is fine (one heat map per source)."""
     table = grain_maps_table(predicted, ground_truth)
@@ -137,7 +137,7 @@ def grain_maps(predicted: Path, ground_truth: Path, png: Path,
         ax.set_title(f"{source}: fine frequency per position")
         ax.set_xlabel("grain column")
         ax.set_ylabel("grain row")
-    fig.suptitle(marks.title(rehearsal, "Grain maps: the Dynamic Grain Transformer vs held-out "
+    fig.suptitle(marks.title(mark, "Grain maps: the Dynamic Grain Transformer vs held-out "
                              "ground truth"))
     summary = table.groupby(["class", "source"])["fine_fraction"].mean().unstack()
-    return _save(fig, summary.reset_index(), png, rehearsal)
+    return _save(fig, summary.reset_index(), png, mark)

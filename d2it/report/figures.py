@@ -22,9 +22,9 @@ def overlay(image: np.ndarray, grain: np.ndarray, alpha: float = 0.4) -> np.ndar
 
 
 def write_grid(images: np.ndarray, grains: np.ndarray | None, path: Path, columns: int = 8,
-               zoom: int = 4, rehearsal: bool = False) -> None:
+               zoom: int = 4, mark: str | None = None) -> None:
     """Pairs of (sample, sample with its grain map) in rows of `columns` pairs; samples alone
-    where there are no grain maps (DiT); under a REHEARSAL band in a rehearsal."""
+    where there are no grain maps (DiT); under a band naming the study's mark."""
     if grains is None:
         cells = list(images)
     else:
@@ -35,7 +35,7 @@ def write_grid(images: np.ndarray, grains: np.ndarray | None, path: Path, column
     grid = np.concatenate(rows, 0)
     grid = np.asarray(Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom),
                                                    Image.NEAREST))
-    Image.fromarray(marks.banner(grid, rehearsal)).save(path)
+    Image.fromarray(marks.banner(grid, mark)).save(path)
 
 
 def class_rows(index: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def class_rows(index: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndar
 
 def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
                    class_names: list[str] | None = None, title: str | None = None,
-                   rehearsal: bool = False) -> dict:
+                   mark: str | None = None) -> dict:
     """Figs. 3 and 4 from a `d2it sample` .npz: samples beside their grain-map overlays (D²iT) or
     alone (DiT, which has no grain map), four rows or (by_class) one row per class named on the
     left, with a title and a legend of the overlay colours."""
@@ -94,9 +94,9 @@ def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
         ax.legend(handles=[Patch(color="red", alpha=0.4, label="fine grain (red tint)"),
                            Patch(color="blue", alpha=0.4, label="coarse grain (blue tint)")],
                   loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, frameon=False)
-    ax.set_title(marks.title(rehearsal, title or ("samples beside their grain maps"
+    ax.set_title(marks.title(mark, title or ("samples beside their grain maps"
                                                   if kind == "d2it" else "samples")))
-    marks.stamp(fig, rehearsal)
+    marks.stamp(fig, mark)
     with atomic(Path(out)) as tmp:
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from d2it.errors import D2itError
-from d2it.report.marks import NOTE
+from d2it.report.marks import note
 
 
 def recon_table(metric_files: list[Path]) -> pd.DataFrame:
@@ -24,6 +24,6 @@ def recon_table(metric_files: list[Path]) -> pd.DataFrame:
                      **{k: v for k, v in metrics.items() if k.startswith(("rfd_", "rfid"))},
                      "train_steps": summary["steps"], "train_minutes": summary["minutes"],
                      "protocol": metrics["protocol"]})
-        if metrics.get("rehearsal"):
-            rows[-1] = {"rehearsal": NOTE, **rows[-1]}
+        if metrics.get("mark"):
+            rows[-1] = {"mark": note(metrics["mark"]), **rows[-1]}
     return pd.DataFrame(rows).sort_values(["fine_ratio", "seed"]).reset_index(drop=True)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from d2it.errors import D2itError
 from d2it.files import read_json
-from d2it.report.marks import NOTE
+from d2it.report.marks import note
 from d2it.report.paper import PAPER
 from d2it.report.plan_rows import describe
 from d2it.report.stats import mean_interval
@@ -99,8 +99,8 @@ def paper_table(plan, table: str) -> pd.DataFrame:
         rows.append({"row": ref_id, **_paper_columns(paper, theirs), "ours": None,
                      "paper_protocol": theirs.get("source")})
     table = pd.DataFrame(rows)
-    if plan.study["rehearsal"]:
-        table.insert(0, "rehearsal", NOTE)
+    if plan.study["mark"]:
+        table.insert(0, "mark", note(plan.study["mark"]))
     return table
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from d2it.errors import D2itError
 from d2it.files import write_json_atomic, write_text_atomic
-from d2it.report.marks import NOTE, title
+from d2it.report.marks import note, title
 from d2it.report.paper import PAPER
 from d2it.report.stats import holm, p_value_beats, p_value_matches, paired_difference
 
@@ -374,8 +374,8 @@ def markdown(plan, results: list[dict], control: dict | None) -> str:
     alpha = plan.study["verdict"]["alpha"]
     primary = [r["id"] for r in results if r["role"] == "primary"]
     family = [r["id"] for r in results if r["role"] == "primary" and "p_holm" in r]
-    lines = [f"# {title(plan.study['rehearsal'], 'Verdicts')}: study `{plan.name}`", "",
-             *([NOTE, ""] if plan.study["rehearsal"] else []), f"Rule: {RULE}", "",
+    lines = [f"# {title(plan.study['mark'], 'Verdicts')}: study `{plan.name}`", "",
+             *([note(plan.study["mark"]), ""] if plan.study["mark"] else []), f"Rule: {RULE}", "",
              f"alpha = {alpha}. Primary claims, pre-registered in d2it/report/paper.yaml: "
              f"{', '.join(primary)}; the {len(family)} this study measures form one Holm family "
              f"({', '.join(family) or 'none'}). Every other line is secondary: uncorrected.", "",
@@ -432,6 +432,6 @@ def write_verdict(plan, md: Path, js: Path) -> list[dict]:
     control = positive_control(plan)
     write_json_atomic(js, {"study": plan.name, "rule": RULE, "claims": results,
                            "positive_control": control,
-                           **({"rehearsal": NOTE} if plan.study["rehearsal"] else {})})
+                           **({"mark": note(plan.study["mark"])} if plan.study["mark"] else {})})
     write_text_atomic(md, markdown(plan, results, control))
     return results

@@ -83,7 +83,7 @@ def study_config(wildcards, output) -> str:
 def weights(path: str):
     """A model's final.pt: in a rehearsal a temp() file, deleted once every sample set that
     reads it is drawn (a D²iT-XL run's is 5.5 GB: the rehearsal's disk holds few at a time)."""
-    return temp(path) if STUDY["rehearsal"] else path
+    return temp(path) if STUDY["mark"] == "rehearsal" else path
 
 
 DVAES = runs_of("dvae")
@@ -96,23 +96,10 @@ def model_args(wildcards) -> str:
     return f"--spec {run.spec} --seed {run.seed}{ratio}"
 
 
-def remake_unless(result: Path, needs: list[Path]) -> None:
-    """Have Snakemake remake `result` (under results/, in git) when it exists but a file it
-    needs does not: for what a job makes from runs, the receipt that job leaves under runs/
-    (not in git), so a committed result in a fresh clone is remade; for a table or figure, its
-    inputs (another plan's table). Snakemake counts an existing output as up to date even when
-    its inputs are missing, so the targets would do nothing. Called from the job's input
-    function, while the DAG is built: the file joins --forcerun's, so a dry run lists the jobs
-    (reason: forced), and nothing is removed unless a job remakes it."""
-    if result.exists() and not all(p.exists() for p in needs):
-        workflow.dag.forcefiles.add(str(result))
-
-
 def sample_inputs(wildcards) -> dict:
     """The runs a sample set reads: its model, its grain model, the DVAE that decodes, the cache
     (held-out grain maps)."""
     found = PLAN.sample_sets[wildcards.name]
-    remake_unless(found.grid, [found.record])
     inputs = {"run": found.run.folder / "final.pt",
               "dvae": PLAN.dvae_of(found.run).folder / "final.pt",
               "latents": PLAN.latents(found.run) / "meta.json"}
@@ -126,33 +113,27 @@ def table_inputs(wildcards) -> list:
     inputs = [ss.metrics for ss in sets]
     if STUDY["metrics"]["class_score"]:  # each row's decode ceiling
         inputs += sorted({PLAN.recon_json(PLAN.dvae_of(ss.run)) for ss in sets})
-    remake_unless(PLAN.table_csv(wildcards.table), inputs)
     return inputs
 
 
 def metrics_inputs(wildcards) -> dict:
     found = PLAN.sample_sets[wildcards.name]
-    remake_unless(found.metrics, [found.receipt])
     return {"samples": found.npz, "manifest": STUDY["data"]["manifest"]}
 
 
 def recon_inputs(wildcards) -> Path:
     run = DVAES[f"dvae/{wildcards.name}"]
-    remake_unless(PLAN.recon_json(run), [PLAN.recon_receipt(run)])
     return run.folder / "final.pt"
 
 
 def curve_inputs(wildcards) -> list:
     sets = PLAN.curves[wildcards.fig]
     recon = [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()] if wildcards.fig == "fig5" else []
-    inputs = [ss.metrics for ss in sets] + recon
-    remake_unless(PLAN.figure_png(wildcards.fig), inputs)
-    return inputs
+    return [ss.metrics for ss in sets] + recon
 
 
-def samples_of(png: Path, sets: list) -> list:
+def samples_of(sets: list) -> list:
     """The .npz files a figure of samples shows (Figs. 3 and 4, the grain maps)."""
-    remake_unless(png, [ss.record for ss in sets])
     return [ss.npz for ss in sets]
 
 
@@ -161,11 +142,9 @@ def verdict_inputs(wildcards) -> list:
     sets += [ss for curve in PLAN.curves.values() for ss in curve]
     sets += PLAN.control[1] if PLAN.control else []  # the positive control's half-way sets
     inputs = [ss.metrics for ss in sets] + [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()]
-    remake_unless(PLAN.verdict_md, inputs)
     return inputs
 
 
 def recon_table_inputs(wildcards) -> list:
     inputs = [PLAN.recon_json(run) for run in PLAN.recon]
-    remake_unless(PLAN.recon_csv, inputs)
     return inputs

@@ -7,7 +7,6 @@ rule sample_metrics:
         unpack(metrics_inputs),
     output:
         json=f"{RESULTS}/metrics/{{name}}.json",
-        receipt=touch(f"{RUNS}/samples/{{name}}.evaluated"),
     wildcard_constraints:
         name=one_of(PLAN.sample_sets),
     params:

@@ -40,7 +40,7 @@ if PLAN.grain_check():
 
     rule grain_maps_figure:
         input:
-            lambda w: samples_of(PLAN.grain_maps_png, PLAN.grain_check()),
+            lambda w: samples_of(PLAN.grain_check()),
         output:
             png=report(str(PLAN.grain_maps_png), caption="../report/grain_maps.rst",
                        category="Figures"),
@@ -71,7 +71,7 @@ rule verdict:
 # Fig. 3: samples beside their grain maps (red = fine, blue = coarse); Fig. 4: one row per class.
 rule samples_figure:
     input:
-        lambda w: samples_of(PLAN.figure_png(w.fig), [PLAN.figures[w.fig]]),
+        lambda w: samples_of([PLAN.figures[w.fig]]),
     output:
         report(f"{RESULTS}/{{fig}}.png", caption="../report/samples_figure.rst",
                category="Figures"),
@@ -89,3 +89,18 @@ rule samples_figure:
     shell:
         "d2it report samples --config {params.config} --samples {input} {params.by_class} "
         "--per-row {params.per_row} --title {params.title:q} --out {output} > {log} 2>&1"
+
+
+# The finished study copied to results/published/<study>/, the folder git and DVC keep (not part
+# of `all`: `snakemake --cores all publish`).
+rule publish:
+    input:
+        [str(path) for path in PLAN.targets()],
+    output:
+        str(PLAN.published_dir / "PUBLISHED.json"),
+    params:
+        config=study_config,
+    log:
+        f"{LOGS}/publish.log",
+    shell:
+        "d2it report publish --config {params.config} > {log} 2>&1"

@@ -28,7 +28,6 @@ rule eval_recon:
         recon_inputs,
     output:
         json=f"{RESULTS}/metrics/dvae/{{name}}.json",
-        receipt=touch(f"{RUNS}/dvae/{{name}}/recon.evaluated"),
     params:
         config=study_config,
         metrics=identity(studies.metrics_identity),
