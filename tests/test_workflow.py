@@ -22,11 +22,26 @@ DVC = Path(sys.executable).parent / "dvc"
 D2IT = [sys.executable, "-m", "d2it.cli"]
 
 
-def readme_commands(pattern: str) -> list[str]:
-    """Commands of the README's indented code lines that match `pattern`."""
-    lines = (line.strip() for line in (REPO / "README.md").read_text().splitlines()
-             if line.startswith("    "))
-    return [line for line in lines if re.search(pattern, line)]
+COMMANDS = yaml.safe_load((REPO / "docs" / "tested_commands.yaml").read_text())
+
+
+def fenced_lines() -> set[str]:
+    """The lines of the fenced code blocks of README.md and docs/*.md."""
+    lines = set()
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        lines |= {line.strip() for block in re.findall(r"^```\w*\n(.*?)^```", doc.read_text(),
+                                                        re.M | re.S)
+                  for line in block.splitlines() if line.strip()}
+    return lines
+
+
+def test_every_printed_snakemake_command_is_a_tested_one():
+    """The commands the tests run are printed verbatim in README.md or docs/, and every
+    `snakemake` command printed there is one the tests run."""
+    printed = fenced_lines()
+    assert set(COMMANDS.values()) <= printed, set(COMMANDS.values()) - printed
+    snakemake = {line for line in printed if line.startswith("snakemake")}
+    assert snakemake <= set(COMMANDS.values()), snakemake - set(COMMANDS.values())
 
 
 @pytest.fixture
@@ -75,8 +90,7 @@ def plan_rows(config: str, cwd: Path) -> list[dict]:
 
 @pytest.mark.parametrize("study", ["imagenet256", "ffhq256"])
 def test_readme_cluster_command_resolves_to_the_planned_paper_jobs(study, checkout):
-    (command,) = readme_commands(rf"^snakemake --workflow-profile workflow/profiles/slurm "
-                                 rf"--configfile config/{study}\.yaml$")
+    command = COMMANDS[f"slurm_{study}"]
     jobs = dry_run(shlex.split(command)[1:], checkout)
     rows = plan_rows(f"config/{study}.yaml", checkout)
     # the jobs read the study as planned: the resolved config they get plans the same rows
@@ -114,11 +128,30 @@ def test_readme_cluster_command_resolves_to_the_planned_paper_jobs(study, checko
 
 
 def test_readme_single_target_command_keeps_its_target(checkout):
-    (command,) = readme_commands(r"^snakemake results/imagenet256/table2\.csv ")
+    command = COMMANDS["slurm_target"]
     jobs = dry_run(shlex.split(command)[1:], checkout)
     assert ([job["rule"] for job in jobs].count("paper_table") == 1
             and "all" not in {j["rule"] for j in jobs})
     assert not any(j["rule"] == "samples_figure" for j in jobs)  # only what Table 2 needs
+
+
+@pytest.mark.parametrize("name", ["quick", "cpu_table2", "publish"])
+def test_documented_local_commands_plan_their_jobs(name, checkout):
+    """The README's local commands, dry-run: the quick study's whole chain; one table of the CPU
+    study and no more; publishing after every target."""
+    jobs = dry_run(shlex.split(COMMANDS[name])[1:], checkout)
+    rules = [job["rule"] for job in jobs]
+    if name == "quick":
+        plan = studies.plan(studies.load(REPO / "config" / "quick.yaml"))
+        assert plan.study["mark"] == "smoke"
+        assert rules.count("train_model") == len(plan.runs) - rules.count("train_dvae")
+        assert {"synth_data", "sample", "sample_metrics", "paper_table", "samples_figure",
+                "verdict"} <= set(rules)
+    elif name == "cpu_table2":
+        assert rules.count("paper_table") == 1 and "verdict" not in rules
+    else:
+        assert rules.count("publish") == 1
+        assert {"paper_table", "curve_figure", "verdict"} <= set(rules)
 
 
 def test_default_target_is_the_cpu_study(checkout):
@@ -249,7 +282,7 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     plain = ["-s", updated / "Snakefile", "--cores", "all", "--configfile"]
     jobs = dry_run([*plain, "tiny.yaml"], tmp_path)
     assert "train_model" in {job["rule"] for job in jobs}
-    (command,) = readme_commands(r"^snakemake --cores all --rerun-triggers mtime$")
+    command = COMMANDS["keep_after_pull"]
     keep = ["-s", updated / "Snakefile", *command.split()[1:], "--configfile"]
     proc = subprocess.run([SNAKEMAKE, *keep, "tiny.yaml", "-n"], capture_output=True,
                           text=True, cwd=tmp_path)
