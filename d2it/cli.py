@@ -285,25 +285,26 @@ def cmd_bench(args) -> dict | None:
     return None
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="d2it", description="D²iT / DiT reproduction harness")
-    sub = p.add_subparsers(dest="command", required=True)
+def _with_config(sp):
+    """--config and --set."""
+    sp.add_argument("--config", default="config/cpu.yaml", help="study config (YAML)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. sampling.steps=100 (repeatable)")
+    return sp
 
-    def with_config(sp):
-        sp.add_argument("--config", default="config/cpu.yaml", help="study config (YAML)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. sampling.steps=100 (repeatable)")
-        return sp
+def _with_dvae(sp, run_dir: bool = True):
+    """--fine-ratio, --seed and (where `run_dir`) --run-dir of a DVAE."""
+    sp.add_argument("--fine-ratio", type=float, default=0.5, help="the DVAE's fine ratio")
+    sp.add_argument("--seed", type=int, default=0, help="training seed")
+    if run_dir:
+        sp.add_argument("--run-dir", help="DVAE run folder (default: the study's)")
+    return sp
 
-    def with_dvae(sp, run_dir: bool = True):
-        sp.add_argument("--fine-ratio", type=float, default=0.5, help="the DVAE's fine ratio")
-        sp.add_argument("--seed", type=int, default=0, help="training seed")
-        if run_dir:
-            sp.add_argument("--run-dir", help="DVAE run folder (default: the study's)")
-        return sp
 
+def _data_commands(sub) -> None:
+    """`d2it` subcommands: datasets and grain thresholds."""
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
-    sp = with_config(data.add_parser("synth", help="write the embedded dataset"))
+    sp = _with_config(data.add_parser("synth", help="write the embedded dataset"))
     sp.add_argument("--out", help="dataset folder (default: the folder of data.manifest)")
     sp.set_defaults(fn=cmd_data_synth)
     sp = data.add_parser("prepare", help="manifest of your folder (FFHQ flat / ImageNet classes)")
@@ -314,17 +315,20 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_data_prepare)
 
     grain = sub.add_parser("grain", help="grain maps").add_subparsers(dest="action", required=True)
-    sp = with_config(grain.add_parser("thresholds",
+    sp = _with_config(grain.add_parser("thresholds",
                                       help="entropy percentiles of the training split"))
     sp.add_argument("--out", help="JSON file (default: grain.thresholds)")
     sp.set_defaults(fn=cmd_grain_thresholds)
 
+
+def _model_commands(sub) -> None:
+    """`d2it` subcommands: training, sampling, metrics, reconstruction, encoding."""
     tr = sub.add_parser("train", help="train a model").add_subparsers(dest="model", required=True)
-    sp = with_dvae(with_config(tr.add_parser("dvae", help="stage 1: a DVAE at one fine ratio")),
+    sp = _with_dvae(_with_config(tr.add_parser("dvae", help="stage 1: a DVAE at one fine ratio")),
                    False)
     sp.add_argument("--out", help="run folder (default: the study's; resumes if it holds this run)")
     sp.set_defaults(fn=cmd_train_dvae)
-    sp = with_config(tr.add_parser("model",
+    sp = _with_config(tr.add_parser("model",
                                    help="stage 2: a spec (dit, d2it or grain) at one seed"))
     sp.add_argument("--spec", required=True, help="a name of the study's `specs`")
     sp.add_argument("--seed", type=int, default=0, help="training seed")
@@ -333,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="run folder (default: the study's; resumes if it holds this run)")
     sp.set_defaults(fn=cmd_train_model)
 
-    sp = with_config(sub.add_parser("sample", help="samples to .npz (ADM format) + PNG grid"))
+    sp = _with_config(sub.add_parser("sample", help="samples to .npz (ADM format) + PNG grid"))
     sp.add_argument("--sample-set", help="a sample set of the study (`d2it study plan`)")
     sp.add_argument("--run-dir", help="or: a dit / d2it run folder, sampled with `sampling`")
     sp.add_argument("--grain-run",
@@ -342,7 +346,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--grid", help="PNG grid to write (default: the sample set's, or beside --out)")
     sp.set_defaults(fn=cmd_sample)
 
-    sp = with_config(sub.add_parser("metrics",
+    sp = _with_config(sub.add_parser("metrics",
                                     help="FD / IS / KID / precision / recall of samples"))
     sp.add_argument("--samples", required=True, nargs="+",
                     help=".npz with arr_0 (uint8 N x H x W x 3) or image folder; "
@@ -351,19 +355,23 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_metrics)
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)
-    sp = with_dvae(with_config(ev.add_parser("recon", help="held-out PSNR and rFD of a DVAE")))
+    sp = _with_dvae(_with_config(ev.add_parser("recon", help="held-out PSNR and rFD of a DVAE")))
     sp.add_argument("--out", help="metrics JSON (default: the study's)")
     sp.set_defaults(fn=cmd_eval_recon)
 
-    sp = with_dvae(with_config(sub.add_parser("encode", help="cache a DVAE's latents for stage 2")))
+    encode = sub.add_parser("encode", help="cache a DVAE's latents for stage 2")
+    sp = _with_dvae(_with_config(encode))
     sp.add_argument("--out", help="cache folder (default: <DVAE run>/latents)")
     sp.set_defaults(fn=cmd_encode)
 
+
+def _study_commands(sub) -> None:
+    """`d2it` subcommands: plan, anchor, rehearsal, keys, dvc."""
     st = sub.add_parser("study", help="studies").add_subparsers(dest="what", required=True)
-    sp = with_config(st.add_parser("plan", help="one JSON line per table row, resolved"))
+    sp = _with_config(st.add_parser("plan", help="one JSON line per table row, resolved"))
     sp.add_argument("--table", help="only this table's rows, e.g. table2")
     sp.set_defaults(fn=cmd_study_plan)
-    sp = with_config(st.add_parser("anchor", help="the official DiT-XL/2 checkpoint through "
+    sp = _with_config(st.add_parser("anchor", help="the official DiT-XL/2 checkpoint through "
                                    "this sampler and evaluator, beside DiT's published FID"))
     sp.add_argument("--dit-checkpoint", required=True, help="e.g. DiT-XL-2-256x256.pt")
     sp.add_argument("--vae", required=True,
@@ -371,7 +379,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--cfg-scale", type=float, nargs="+", default=[1.5, 1.0],
                     help="guidance scales (DiT's published: 1.5 -> 2.27, 1.0 -> 9.62)")
     sp.set_defaults(fn=cmd_study_anchor)
-    sp = with_config(st.add_parser("rehearse", help="the study's whole DAG at its model sizes, "
+    sp = _with_config(st.add_parser("rehearse", help="the study's whole DAG at its model sizes, "
                                    "with stand-in data and weights and cut counts (REHEARSAL)"))
     sp.add_argument("targets", nargs="*", help="Snakemake targets (default: all), relative to "
                     "the rehearsal's folder, e.g. results/imagenet256/table2.csv")
@@ -388,6 +396,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--configs", default="config", help="folder of the study configs")
     sp.set_defaults(fn=cmd_study_dvc)
 
+
+def _report_commands(sub) -> None:
+    """`d2it` subcommands: tables, figures, verdicts, publishing and the benchmark."""
     rep = sub.add_parser("report", help="tables and figures").add_subparsers(dest="what",
                                                                             required=True)
     sp = rep.add_parser("recon",
@@ -395,28 +406,28 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("metrics", nargs="+", help="metrics JSON files of `d2it eval recon`")
     sp.add_argument("--out", required=True, help="CSV to write")
     sp.set_defaults(fn=cmd_report_recon)
-    sp = with_config(rep.add_parser("table", help="a study table beside the paper's numbers"))
+    sp = _with_config(rep.add_parser("table", help="a study table beside the paper's numbers"))
     sp.add_argument("table", help="e.g. table2")
     sp.add_argument("--out", help="CSV to write (default: results/<study>/<table>.csv)")
     sp.set_defaults(fn=cmd_report_table)
-    sp = with_config(rep.add_parser("verdict", help="one verdict per claim of the paper "
+    sp = _with_config(rep.add_parser("verdict", help="one verdict per claim of the paper "
                                     "(results/<study>/verdict.md and .json)"))
     sp.set_defaults(fn=cmd_report_verdict)
-    sp = with_config(rep.add_parser("publish", help="copy a finished study's tables, figures, "
+    sp = _with_config(rep.add_parser("publish", help="copy a finished study's tables, figures, "
                                     "metric JSON and verdict to results/published/<study>/ "
                                     "(in git; DVC reads it)"))
     sp.add_argument("--to", help="folder of published studies (default: results/published)")
     sp.set_defaults(fn=cmd_report_publish)
-    sp = with_config(rep.add_parser("curve", help="Fig. 5 (fine-ratio sweep) or Fig. 6 "
+    sp = _with_config(rep.add_parser("curve", help="Fig. 5 (fine-ratio sweep) or Fig. 6 "
                                     "(convergence), with its CSV beside"))
     sp.add_argument("figure", choices=["fig5", "fig6"])
     sp.add_argument("--out", help="PNG to write (default: results/<study>/<figure>.png)")
     sp.set_defaults(fn=cmd_report_curve)
-    sp = with_config(rep.add_parser("grain-maps", help="the grain model's maps against the "
+    sp = _with_config(rep.add_parser("grain-maps", help="the grain model's maps against the "
                                     "ground truth, per class and per position"))
     sp.add_argument("--out", help="PNG to write (default: results/<study>/grain_maps.png)")
     sp.set_defaults(fn=cmd_report_grain_maps)
-    sp = with_config(rep.add_parser("samples",
+    sp = _with_config(rep.add_parser("samples",
                                     help="samples beside their grain maps (Figs. 3 and 4)"))
     sp.add_argument("--title", help="figure title")
     sp.add_argument("--samples", required=True, help="a `d2it sample` .npz")
@@ -424,7 +435,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--by-class", action="store_true", help="one row per class (Fig. 4)")
     sp.add_argument("--per-row", type=int, default=8, help="samples per row")
     sp.set_defaults(fn=cmd_report_samples)
-    sp = with_config(sub.add_parser("bench", help="training, sampling, DVAE and metric speed of "
+    sp = _with_config(sub.add_parser("bench", help="training, sampling, DVAE and metric speed of "
                                     "DiT and D²iT on this device (results/<study>/bench.*)"))
     sp.add_argument("--size", default="tiny", help="model size of both kinds (tiny ... XL)")
     sp.add_argument("--batch", type=int, default=32, help="images per step on this device")
@@ -438,6 +449,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="file stem to write .json and .md to "
                                   "(default: results/<study>/bench)")
     sp.set_defaults(fn=cmd_bench)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="d2it", description="D²iT / DiT reproduction harness")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_data_commands, _model_commands, _study_commands, _report_commands):
+        add(sub)
     return p
 
 
