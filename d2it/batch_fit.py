@@ -85,17 +85,17 @@ def step_bytes(task, optimisers: dict, rows: int, step: int, device: torch.devic
     return used
 
 
-def fit_batch_gpu(task, optimisers: dict, cfg: dict, world: int, device: torch.device) -> int:
-    """`train.batch_gpu: auto` for the training settings `cfg`: the whole per-process share on a
-    CPU; on a GPU the largest divisor of it whose micro-batch at the last step fits USABLE of the
+def fit_batch_gpu(task, optimisers: dict, settings: dict, world: int, device: torch.device) -> int:
+    """`train.batch_gpu: auto` for the training settings: the whole per-process share on a CPU;
+    on a GPU the largest divisor of it whose micro-batch at the last step fits USABLE of the
     device's memory (measured eagerly, which takes more than the compiled step)."""
-    share = cfg["batch_size"] // world
+    share = settings["batch_size"] // world
     if device.type != "cuda":
         return share
     usable = USABLE * torch.cuda.get_device_properties(device).total_memory
     return choose_batch_gpu(share, usable, str(device),
-                            lambda rows: step_bytes(task, optimisers, rows, cfg["steps"] - 1,
-                                                    device, cfg["bf16"]))
+                            lambda rows: step_bytes(task, optimisers, rows, settings["steps"] - 1,
+                                                    device, settings["bf16"]))
 
 
 def choose_batch_gpu(share: int, usable: float, device: str, need) -> int:

@@ -133,7 +133,7 @@ def step_flops(task, batch, device: torch.device) -> float:
     return counter.get_total_flops() / len(batch[0])
 
 
-def bench_training(study: dict, kind: str, cache, batch, device, cfg: dict) -> dict:
+def bench_training(study: dict, kind: str, cache, batch, device, timing: dict) -> dict:
     """Images/s of the training step in each mode, MFU of the default mode, peak memory."""
     train = study["train"]
     bf16, compiled, fused = (train["bf16"], on_gpu(train["compile"], device),
@@ -141,7 +141,7 @@ def bench_training(study: dict, kind: str, cache, batch, device, cfg: dict) -> d
     modes = {"fp32_eager": (False, False, False), "default": (bf16, compiled, fused)}
     if compiled:  # the default compiles: measure it eager too
         modes["eager"] = (bf16, False, fused)
-    elif cfg["compiled"]:
+    elif timing["compiled"]:
         modes["compiled"] = (bf16, True, fused)
     # What train.batch_gpu: auto would pick for this global batch (the probe alone on the device)
     task = make_task(study, kind, cache, device)
@@ -157,10 +157,10 @@ def bench_training(study: dict, kind: str, cache, batch, device, cfg: dict) -> d
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         seconds = median_seconds(train_step(task, batch, device, bf16, fused), device,
-                                 cfg["iters"], cfg["repeats"])
+                                 timing["iters"], timing["repeats"])
         result[mode] = {"img_s": len(batch[0]) / seconds, "bf16": bf16 and device.type == "cuda",
                         "network": network, "fused_adamw": fused}
-        if mode == "default" and cfg["profile"]:
+        if mode == "default" and timing["profile"]:
             result["profile"] = profile_step(train_step(task, batch, device, bf16, fused),
                                              device)
         if mode == "default":
@@ -191,7 +191,7 @@ def profile_step(step, device: torch.device, top: int = 12) -> list[dict]:
              "share": getattr(e, attr) / total} for e in events[:top]]
 
 
-def bench_sampling(study: dict, kind: str, cache, batch, device, cfg: dict) -> dict:
+def bench_sampling(study: dict, kind: str, cache, batch, device, timing: dict) -> dict:
     """Images/s of the study's sampler over its step count, without and with guidance (the
     study's scale, else 1.5), the network in eval mode under the sampling dtype."""
     s = study["sampling"]
@@ -220,28 +220,28 @@ def bench_sampling(study: dict, kind: str, cache, batch, device, cfg: dict) -> d
             sampler(model, lambda shape: torch.randn(shape, device=device), z.shape)
 
         with torch.no_grad():
-            result[key] = n / median_seconds(run, device, 1, min(cfg["repeats"], 3))
+            result[key] = n / median_seconds(run, device, 1, min(timing["repeats"], 3))
     return result
 
 
-def bench_dvae(study: dict, device, cfg: dict) -> dict:
+def bench_dvae(study: dict, device, timing: dict) -> dict:
     """Images/s of the study's DVAE (dual-grain, r = 0.5) encoding and decoding."""
     res = study["data"]["resolution"]
     torch.manual_seed(0)
     dvae = build(dvae_architecture(study["dvae"]["preset"], res, 0.5)).eval().to(device)
     latent = latent_geometry(study["dvae"]["preset"], res)
-    n = cfg["batch"]
+    n = timing["batch"]
     x = torch.rand(n, 3, res, res, device=device) * 2 - 1
     grain = torch.rand(n, latent["size"] // 2, latent["size"] // 2, device=device) < 0.5
     z = torch.randn(n, latent["channels"], latent["size"], latent["size"], device=device)
     with torch.no_grad():
         encode = median_seconds(lambda: dvae.encode(x, grain).latent(), device, 1,
-                                cfg["repeats"])
-        decode = median_seconds(lambda: dvae.decode(z), device, 1, cfg["repeats"])
+                                timing["repeats"])
+        decode = median_seconds(lambda: dvae.decode(z), device, 1, timing["repeats"])
     return {"encode_img_s": n / encode, "decode_img_s": n / decode}
 
 
-def bench_features(study: dict, device, cfg: dict) -> dict:
+def bench_features(study: dict, device, timing: dict) -> dict:
     """Images/s of the metric extractor on uint8 images of the study's resolution; without its
     weights (Inception offline), the reason instead, and the other figures stand."""
     from d2it.metrics.evaluate import extract
@@ -249,13 +249,13 @@ def bench_features(study: dict, device, cfg: dict) -> dict:
 
     extractor = resolve(study["metrics"])
     res = study["data"]["resolution"]
-    images = torch.randint(0, 256, (cfg["batch"], 3, res, res), dtype=torch.uint8)
+    images = torch.randint(0, 256, (timing["batch"], 3, res, res), dtype=torch.uint8)
     try:
-        seconds = median_seconds(lambda: extract(images, extractor, cfg["batch"], device),
-                                 device, 1, cfg["repeats"])
+        seconds = median_seconds(lambda: extract(images, extractor, timing["batch"], device),
+                                 device, 1, timing["repeats"])
     except D2itError as e:
         return {"extractor": extractor.name, "features_img_s": None, "skipped": str(e)}
-    return {"extractor": extractor.name, "features_img_s": cfg["batch"] / seconds}
+    return {"extractor": extractor.name, "features_img_s": timing["batch"] / seconds}
 
 
 def run(study: dict, size: str, batch: int, iters: int = 10, repeats: int = 5,
@@ -266,7 +266,7 @@ def run(study: dict, size: str, batch: int, iters: int = 10, repeats: int = 5,
         torch.backends.cuda.matmul.allow_tf32 = True  # as the runs
         torch.backends.cudnn.allow_tf32 = True
     study = bench_study(study, size)
-    cfg = {"batch": batch, "iters": iters, "repeats": repeats, "compiled": compiled,
+    timing = {"batch": batch, "iters": iters, "repeats": repeats, "compiled": compiled,
            "profile": profile}
     bf16 = study["train"]["bf16"] and device.type == "cuda"
     peak, peak_source = peak_flops(device, torch.bfloat16 if bf16 else torch.float32)
@@ -274,20 +274,20 @@ def run(study: dict, size: str, batch: int, iters: int = 10, repeats: int = 5,
                          else f"cpu ({torch.get_num_threads()} threads)"),
               "torch": torch.__version__, "size": size, "batch": batch,
               "latent": latent_geometry(study["dvae"]["preset"], study["data"]["resolution"]),
-              "settings": cfg, "peak_flops": peak, "peak_source": peak_source,
+              "settings": timing, "peak_flops": peak, "peak_source": peak_source,
               "sampling": {k: study["sampling"][k] for k in ("sampler", "steps", "cfg_scale")},
               "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         cache, rows = random_cache(Path(tmp) / "latents", study, batch)
         rows = [t.to(device) for t in rows]
         for kind in KINDS:
-            found = bench_training(study, kind, cache, rows, device, cfg)
-            found.update(bench_sampling(study, kind, cache, rows, device, cfg))
+            found = bench_training(study, kind, cache, rows, device, timing)
+            found.update(bench_sampling(study, kind, cache, rows, device, timing))
             found["train_img_s"] = found["default"]["img_s"]
             found["mfu"] = found["flops_per_img"] * found["train_img_s"] / peak
             result["models"][kind] = found
-    result["dvae"] = bench_dvae(study, device, cfg)
-    result["metrics"] = bench_features(study, device, cfg)
+    result["dvae"] = bench_dvae(study, device, timing)
+    result["metrics"] = bench_features(study, device, timing)
     result["estimates"] = estimates(study, result)
     result["ratios"] = ratios(result["models"])
     return result

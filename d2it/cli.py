@@ -30,14 +30,14 @@ def _plan(args):
 def cmd_data_synth(args) -> dict:
     from d2it.data.synth import LOOK, synthesize
 
-    cfg = _study(args)
-    synth = cfg["data"]["synth"]
+    study = _study(args)
+    synth = study["data"]["synth"]
     if synth is None:
         raise D2itError(f"{args.config}: data.synth is null: "
                         "this study's data is a prepared folder (`d2it data prepare`)")
-    out = Path(args.out) if args.out else Path(cfg["data"]["manifest"]).parent
+    out = Path(args.out) if args.out else Path(study["data"]["manifest"]).parent
     look = {k: synth[k] for k in LOOK}
-    manifest = synthesize(out, seed=synth["seed"], resolution=cfg["data"]["resolution"],
+    manifest = synthesize(out, seed=synth["seed"], resolution=study["data"]["resolution"],
                           n_train=synth["n_train"], n_heldout=synth["n_heldout"], look=look)
     return {"manifest": str(out / "manifest.json"), "files": len(manifest.files)}
 
@@ -57,8 +57,8 @@ def cmd_grain_thresholds(args) -> dict:
     from d2it.files import write_json_atomic
     from d2it.grain import compute_thresholds
 
-    cfg = _study(args)
-    data, grain = cfg["data"], cfg["grain"]
+    study = _study(args)
+    data, grain = study["data"], study["grain"]
     manifest = Manifest.load(data["manifest"])
     dataset = ImageFolderDataset(manifest, "train", data["resolution"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=grain["batch_size"],
@@ -376,7 +376,7 @@ def _study_commands(sub) -> None:
     sp.add_argument("--dit-checkpoint", required=True, help="e.g. DiT-XL-2-256x256.pt")
     sp.add_argument("--vae", required=True,
                     help="SD-VAE folder (diffusers AutoencoderKL: config.json + weights)")
-    sp.add_argument("--cfg-scale", type=float, nargs="+", default=[1.5, 1.0],
+    sp.add_argument("--study-scale", type=float, nargs="+", default=[1.5, 1.0],
                     help="guidance scales (DiT's published: 1.5 -> 2.27, 1.0 -> 9.62)")
     sp.set_defaults(fn=cmd_study_anchor)
     sp = _with_config(st.add_parser("rehearse", help="the study's whole DAG at its model sizes, "

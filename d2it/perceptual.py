@@ -47,9 +47,9 @@ class LPIPS(nn.Module):
         return self.net((a + 1) * 127.5, (b + 1) * 127.5).flatten()
 
 
-def build(kind: str, metrics_cfg: dict) -> nn.Module | None:
+def build(kind: str, settings: dict) -> nn.Module | None:
     if kind == "none":
         return None
     if kind == "effnet":
         return EffNetPerceptual()
-    return LPIPS(metrics_cfg["lpips_weights"], metrics_cfg["vgg16_weights"])
+    return LPIPS(settings["lpips_weights"], settings["vgg16_weights"])

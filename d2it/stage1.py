@@ -59,16 +59,18 @@ class DVAETask:
     name = "dvae"
 
     def __init__(self, study: dict, record: dict):
-        data, cfg = study["data"], study["dvae"]
+        data = study["data"]
+        settings = study["dvae"]
         manifest = Manifest.load(data["manifest"])
         self.dataset = ImageFolderDataset(manifest, "train", data["resolution"])
         self.thresholds = load_thresholds(study["grain"]["thresholds"], manifest.digest())
         self.fine_ratio = record["identity"]["grain_maps"]["fine_ratio"]
-        self.flip, self.cfg = data["flip"], cfg
+        self.flip = data["flip"]
+        self.settings = settings
         self.model = build(record["arch"])
-        self.perceptual = perceptual.build(cfg["perceptual"], study["metrics"])
+        self.perceptual = perceptual.build(settings["perceptual"], study["metrics"])
         self.modules, self.phases = {"model": self.model}, {"generator": self.model}
-        self.disc = build({"kind": "patchgan"}) if cfg["gan_weight"] > 0 else None
+        self.disc = build({"kind": "patchgan"}) if settings["gan_weight"] > 0 else None
         if self.disc is not None:
             self.modules["disc"] = self.phases["discriminator"] = self.disc
         self.net, self.disc_net = self.model, self.disc
@@ -97,18 +99,19 @@ class DVAETask:
         logged = {"l1": l1.detach(), "fine_fraction": grain.float().mean()}
         if self.perceptual is not None:
             p = self.perceptual(recon, x).mean()
-            rec = rec + self.cfg["perceptual_weight"] * p
+            rec = rec + self.settings["perceptual_weight"] * p
             logged["perceptual"] = p.detach()
         # KL per pixel value, so kl_weight keeps LDM's ratio to the (summed) reconstruction terms.
         kl = posterior.kl().mean() / x[0].numel()
-        loss = rec + self.cfg["kl_weight"] * kl
+        loss = rec + self.settings["kl_weight"] * kl
         logged["kl"] = kl.detach()
-        gan = self.disc is not None and step >= self.cfg["gan_start"]
+        gan = self.disc is not None and step >= self.settings["gan_start"]
         if gan:
             with frozen(self.disc):  # the critic's own update comes from its phase only
                 g = -self.disc(recon).mean()
-            weight = adaptive_weight(rec, g, self.model.last_layer(), self.cfg["gan_adaptive_max"])
-            loss = loss + self.cfg["gan_weight"] * weight * g
+            last = self.model.last_layer()
+            weight = adaptive_weight(rec, g, last, self.settings["gan_adaptive_max"])
+            loss = loss + self.settings["gan_weight"] * weight * g
             logged.update(g_loss=g.detach(), gan_adaptive_weight=weight.detach())
         logged["loss"] = loss.detach()
         yield "generator", loss, logged

@@ -108,14 +108,15 @@ class _State:
                         checkpoint["batch_gpu"])
 
 
-def _optimisers(task: Task, cfg: dict, fused: bool) -> dict[str, torch.optim.Optimizer]:
+def _optimisers(task: Task, settings: dict, fused: bool) -> dict[str, torch.optim.Optimizer]:
     """One AdamW per phase, over that phase's module."""
-    return {name: torch.optim.AdamW(module.parameters(), lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                                    weight_decay=cfg["weight_decay"], fused=fused)
+    return {name: torch.optim.AdamW(module.parameters(), lr=settings["lr"],
+                                    betas=tuple(settings["betas"]),
+                                    weight_decay=settings["weight_decay"], fused=fused)
             for name, module in task.phases.items()}
 
 
-def _accumulate(state: _State, micro_batches, draws: RowDraws, cfg: dict, rounds: int,
+def _accumulate(state: _State, micro_batches, draws: RowDraws, settings: dict, rounds: int,
                 dist: Distributed, sums: dict, unchecked: list) -> set[str]:
     """Forward and backward of one step's `rounds` micro-batches, gradients accumulated and
     all-reduced in the last round; returns the phases that have gradients."""
@@ -123,11 +124,11 @@ def _accumulate(state: _State, micro_batches, draws: RowDraws, cfg: dict, rounds
     for r in range(rounds):
         batch = [b.to(dist.device) for b in next(micro_batches)]
         first = dist.rank + dist.world * r * state.batch_gpu  # this micro-batch's first row
-        rows = torch.arange(first, cfg["batch_size"], dist.world)[:state.batch_gpu]
+        rows = torch.arange(first, settings["batch_size"], dist.world)[:state.batch_gpu]
         draws.begin(state.step, rows)
         with dist.sync(r == rounds - 1):
             for phase, loss, logged in phase_losses(state.task, batch, state.step, draws,
-                                                    dist.device, cfg["bf16"]):
+                                                    dist.device, settings["bf16"]):
                 unchecked.append((state.step, phase, loss.detach()))
                 if phase not in stepped:
                     state.optimisers[phase].zero_grad(set_to_none=True)
@@ -138,16 +139,17 @@ def _accumulate(state: _State, micro_batches, draws: RowDraws, cfg: dict, rounds
     return stepped
 
 
-def _optimise(state: _State, stepped: set[str], cfg: dict) -> float:
+def _optimise(state: _State, stepped: set[str], settings: dict) -> float:
     """The optimiser steps of `stepped` at this step's learning rate, then the EMA; returns the
     rate."""
-    rate = cfg["lr"] * lr_factor(state.step, cfg["steps"], cfg["lr_warmup"], cfg["lr_decay"])
+    rate = settings["lr"] * lr_factor(state.step, settings["steps"], settings["lr_warmup"],
+                                      settings["lr_decay"])
     for phase in stepped:
         for group in state.optimisers[phase].param_groups:
             group["lr"] = rate
-        if cfg["grad_clip"]:
+        if settings["grad_clip"]:
             params = state.task.phases[phase].parameters()
-            torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(params, settings["grad_clip"])
         state.optimisers[phase].step()
     if state.ema is not None:
         state.ema.update_parameters(state.task.modules["model"])
@@ -178,47 +180,47 @@ def _tracker(task: Task, out: Path, record: dict, tracking: dict, dist: Distribu
                    write=dist.main, study=tracking.get("study"))
 
 
-def _micro_batches(task: Task, cfg: dict, seed: int, start: int, dist: Distributed, rounds: int,
-                   num_workers: int):
+def _micro_batches(task: Task, settings: dict, seed: int, start: int, dist: Distributed,
+                   rounds: int, num_workers: int):
     """This rank's micro-batches of steps start..steps-1, `rounds` per step."""
-    batches = EpochBatches(len(task.dataset), cfg["batch_size"], seed, start, cfg["steps"],
-                           dist.rank, dist.world, rounds)
+    batches = EpochBatches(len(task.dataset), settings["batch_size"], seed, start,
+                           settings["steps"], dist.rank, dist.world, rounds)
     loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=batches,
                                          num_workers=num_workers,
                                          generator=torch.Generator().manual_seed(seed))
     return iter(loader)
 
 
-def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: int,
+def train(task: Task, settings: dict, out: Path, record: dict, tracking: dict, seed: int,
           num_workers: int = 0, snapshots: tuple[int, ...] = ()) -> dict:
-    """Train to cfg["steps"] (resuming from out/checkpoints), keeping the EMA weights at the steps
-    `snapshots` (out/snapshots/); returns the summary also written to out/summary.json.
+    """Train to settings["steps"] (resuming from out/checkpoints), keeping the EMA weights at the
+    steps `snapshots` (out/snapshots/); returns the summary also written to out/summary.json.
     `record` describes the run (identity, architecture, inputs): a folder holding another run is
     refused, and final.pt carries it so the run rebuilds from that file alone.
     Under torchrun every process runs this; rank 0 writes checkpoints, logs and final weights."""
     out = Path(out)
     dist = Distributed()
-    fit = cfg["batch_gpu"] == "auto"  # sized below, once the model is on its device
-    batch_gpu, rounds = batch_split(cfg["batch_size"], None if fit else cfg["batch_gpu"],
+    fit = settings["batch_gpu"] == "auto"  # sized below, once the model is on its device
+    batch_gpu, rounds = batch_split(settings["batch_size"], None if fit else settings["batch_gpu"],
                                     dist.world)
     claim_run_dir(out, record, write=dist.main)
     lock = lock_run_dir(out) if dist.main else None  # held until this function returns
     dist.barrier()
-    ckpts = Checkpoints(out / "checkpoints", cfg["keep_ckpts"])
+    ckpts = Checkpoints(out / "checkpoints", settings["keep_ckpts"])
     if dist.main:
         ckpts.remove_partial()
 
     # Model, optimisers, EMA, per-GPU batch, compilation
     task.to(dist.device)
     model = task.modules["model"]
-    fused = on_gpu(cfg["fused_adamw"], dist.device)
-    optimisers = _optimisers(task, cfg, fused)
-    ema = make_ema(model, cfg)
+    fused = on_gpu(settings["fused_adamw"], dist.device)
+    optimisers = _optimisers(task, settings, fused)
+    ema = make_ema(model, settings)
     if fit:  # before compiling: the eager step, measured, takes more than the compiled one
-        fitted = fit_batch_gpu(task, optimisers, cfg, dist.world, dist.device)
+        fitted = fit_batch_gpu(task, optimisers, settings, dist.world, dist.device)
         batch_gpu = min(dist.gather(fitted))  # every process the same micro-batch
-        batch_gpu, rounds = batch_split(cfg["batch_size"], batch_gpu, dist.world)
-    compiled = compile_network(model, cfg["compile"], dist.device)  # after the EMA's copy
+        batch_gpu, rounds = batch_split(settings["batch_size"], batch_gpu, dist.world)
+    compiled = compile_network(model, settings["compile"], dist.device)  # after the EMA's copy
 
     # Resume: the newest checkpoint, if any, else seeds distinct from the model-init seed
     seed_all(seed + 1)
@@ -229,21 +231,21 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     # Data: this rank's micro-batches, `rounds` per step; a tracker resumed at the same step
     tracker = _tracker(task, out, record, tracking, dist, state.step,
                        {"d2it.network": compiled, "d2it.fused_adamw": str(fused)})
-    micro_batches = _micro_batches(task, cfg, seed, state.step, dist, rounds, num_workers)
-    draws = RowDraws(seed, cfg["batch_size"], dist.device)
+    micro_batches = _micro_batches(task, settings, seed, state.step, dist, rounds, num_workers)
+    draws = RowDraws(seed, settings["batch_size"], dist.device)
     sums, count, status = {}, 0, "FAILED"
     unchecked = []  # (step, phase, loss) since the last finiteness check
     for module in task.modules.values():
         module.train()
     try:
-        with _Signals() as signals, tqdm(total=cfg["steps"], initial=state.step, unit="step",
+        with _Signals() as signals, tqdm(total=settings["steps"], initial=state.step, unit="step",
                                          desc=f"train {task.name}", dynamic_ncols=True,
                                          disable=not dist.main) as bar:
             start = time.perf_counter() - state.elapsed
-            while state.step < cfg["steps"]:
-                stepped = _accumulate(state, micro_batches, draws, cfg, rounds, dist, sums,
+            while state.step < settings["steps"]:
+                stepped = _accumulate(state, micro_batches, draws, settings, rounds, dist, sums,
                                       unchecked)
-                rate = _optimise(state, stepped, cfg)
+                rate = _optimise(state, stepped, settings)
                 state.step += 1
                 count += 1
                 state.elapsed = time.perf_counter() - start
@@ -258,8 +260,8 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
 
                 # Logging, checkpoints, pre-emption
                 stop = dist.any(signals.received is not None)
-                saving = step % cfg["ckpt_every"] == 0 or step == cfg["steps"] or stop
-                logging = step % cfg["log_every"] == 0 or step == cfg["steps"]
+                saving = step % settings["ckpt_every"] == 0 or step == settings["steps"] or stop
+                logging = step % settings["log_every"] == 0 or step == settings["steps"]
                 if saving or logging:  # the host waits for the device here only
                     _check_finite(unchecked, out, ckpts)
                     unchecked = []
@@ -300,11 +302,12 @@ def train(task: Task, cfg: dict, out: Path, record: dict, tracking: dict, seed: 
     return summary
 
 
-def make_ema(model: torch.nn.Module, cfg: dict) -> AveragedModel | None:
+def make_ema(model: torch.nn.Module, settings: dict) -> AveragedModel | None:
     """The EMA of the training settings: none (`ema: null`), EDM2's power-function profile
     (`ema_std`) or a constant decay (`ema`, DiT's)."""
-    if cfg["ema"] is None:
+    if settings["ema"] is None:
         return None
-    if cfg["ema_std"] is not None:
-        return AveragedModel(model, avg_fn=power_ema_fn(cfg["ema_std"]), use_buffers=True)
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg["ema"]), use_buffers=True)
+    if settings["ema_std"] is not None:
+        return AveragedModel(model, avg_fn=power_ema_fn(settings["ema_std"]), use_buffers=True)
+    average = get_ema_multi_avg_fn(settings["ema"])
+    return AveragedModel(model, multi_avg_fn=average, use_buffers=True)

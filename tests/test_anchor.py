@@ -50,6 +50,7 @@ def test_a_missing_checkpoint_is_named(tmp_path):
         load_official_dit(tmp_path / "DiT-XL-2-256x256.pt")
 
 
+@pytest.mark.e2e
 def test_anchor_command_runs_end_to_end_on_stand_ins(tmp_path):
     """`d2it study anchor` with the ImageNet config: a DiT-S/2 state dict at an 8 x 8 latent
     (64 px after the SD-VAE), 4 samples per scale, 2 steps, a 4-image ADM batch and stand-in

@@ -41,6 +41,7 @@ def test_training_step_costs_three_forward_passes(study, latent_cache):
     assert per_image / (counter.get_total_flops() / 4) == pytest.approx(3.0, rel=0.05)
 
 
+@pytest.mark.e2e
 def test_bench_json_holds_every_figure(study, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))

@@ -115,6 +115,7 @@ def test_overrides_read_numbers_as_typed_and_name_bad_yaml():
         study.load(CPU, ["sampling.seeds=[1"])
 
 
+@pytest.mark.e2e
 def test_cli_reports_one_line_error_and_exit_code_2(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: t\ndvae: {preset: huge}\n")

@@ -21,6 +21,8 @@ from d2it.config import digest
 from d2it.data.latents import CacheWriter
 from d2it.study import dvae_identity
 
+pytestmark = pytest.mark.e2e  # Snakemake, torchrun or SLURM: subprocesses
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TRAIN = {"steps": 3, "batch_size": 8, "ema": None, "ckpt_every": 3, "log_every": 1}
 

@@ -56,6 +56,7 @@ def test_respacing_keeps_alpha_bar_at_kept_steps(diffusion):
         assert spaced.timesteps.tolist() == kept
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("steps", [1000, 250])
 def test_ddpm_with_exact_eps_samples_the_gaussian_data(steps):
     """For x0 ~ N(mu, diag s^2), E[eps | x_t] = sd_t (x_t - a_t mu) / (a_t^2 s^2 + sd_t^2) is the

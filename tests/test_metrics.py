@@ -61,6 +61,7 @@ def scipy_fd(mu1, s1, mu2, s2):
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
+@pytest.mark.e2e
 def test_fd_matches_scipy_and_torch_fidelity(images, features, effnet_extractor):
     a = fid_features_to_statistics(features["pool"][:100])
     b = fid_features_to_statistics(features["pool"][100:])
@@ -91,6 +92,7 @@ def fd_to(reference_features, images, extractor):
                             fid_features_to_statistics(extract(images, extractor, 64, CPU)["pool"]))
 
 
+@pytest.mark.e2e
 def test_fd_of_a_set_with_itself_is_zero_and_halves_are_closer_than_degraded(images, features,
                                                                              effnet_extractor):
     stats = fid_features_to_statistics(features["pool"])
@@ -104,6 +106,7 @@ def test_fd_of_a_set_with_itself_is_zero_and_halves_are_closer_than_degraded(ima
     assert 1.4 * halves < degraded, (halves, degraded)  # measured: 199 vs 298
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("degrade,levels", LEVELS.items(), ids=[f.__name__ for f in LEVELS])
 def test_fd_grows_with_degradation(images, features, effnet_extractor, degrade, levels):
     fds = [fd_to(features["pool"][0::2], degrade(images[1::2], s), effnet_extractor)
@@ -111,6 +114,7 @@ def test_fd_grows_with_degradation(images, features, effnet_extractor, degrade, 
     assert all(b > a for a, b in zip(fds, fds[1:])), fds
 
 
+@pytest.mark.e2e
 def test_precision_recall_and_is_limits(images, features, effnet_extractor):
     cfg = config.validate({"name": "t"})["metrics"] | {"bootstrap": 20, "kid_subset_size": 50}
     ref = {**fid_features_to_statistics(features["pool"]), "features": features["pool"]}
@@ -163,6 +167,7 @@ def test_missing_or_single_samples_are_named_before_any_work(dataset, images, tm
         evaluate_samples(cfg, [tmp_path / "one.npz"], tmp_path / "m.json")
 
 
+@pytest.mark.e2e
 def test_metrics_cli_runs_offline(dataset, images, features, tmp_path):
     np.savez(tmp_path / "s.npz", arr_0=images[:60].permute(0, 2, 3, 1).numpy())
     cfg = config.validate({"name": "t", "data": {"manifest": str(dataset), "resolution": 32},

@@ -78,6 +78,7 @@ def test_lpips_stand_ins_load_through_torch_fidelity(tmp_path):
     assert distance.shape == (2,)
 
 
+@pytest.mark.e2e
 def test_the_usage_ledger_records_each_command(tmp_path):
     ledger = tmp_path / "usage.jsonl"
     env = {**os.environ, "D2IT_USAGE": str(ledger)}
@@ -122,6 +123,7 @@ tracking: {uri: "sqlite:///mlflow.db"}
 """
 
 
+@pytest.mark.e2e
 def test_a_rehearsal_runs_every_job_marks_every_output_and_resumes_a_killed_run(tmp_path):
     """A paper-shaped tiny study (Inception features against an ADM batch, LPIPS, Table 2 with
     guidance, Fig. 6): every job runs in the rehearsal's folder, and nothing under the checkout's

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e  # Snakemake, torchrun or SLURM: subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 
 

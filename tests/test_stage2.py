@@ -211,6 +211,7 @@ def test_d2it_parameters_are_dit_plus_routing():
     assert count == baseline + extra == 677_803_432
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("batch_size", [2, 6])
 def test_two_processes_draw_the_same_sample_set(trained, models, tmp_path, batch_size):
     """torchrun with 2 gloo processes: each draws every other batch (3 batches of 2: two and one;
@@ -235,6 +236,7 @@ def test_two_processes_draw_the_same_sample_set(trained, models, tmp_path, batch
     assert one["n"] == 6 and not list(tmp_path.glob("two.part*"))
 
 
+@pytest.mark.e2e
 def test_unconditional_specs_train_and_sample_without_labels(trained, latent_cache, tmp_path):
     """Table 1's models in a labelled study: one label row, no dropout, labels ignored in training
     and sampling (also with ground-truth maps), the samples marked unconditional."""

@@ -129,6 +129,7 @@ def test_d2it_totals_match_the_papers_budgets():
                 == pytest.approx(cpu[table, dit]["params"]["total"], rel=0.02))
 
 
+@pytest.mark.e2e
 def test_the_plan_prints_what_the_extra_seeds_cost_and_one_key_removes_them():
     three = plan_cost(CONFIGS / "imagenet256.yaml")
     one = plan_cost(CONFIGS / "imagenet256.yaml", "tables.table2.seeds=[0]")
@@ -234,6 +235,7 @@ def test_seeds_are_a_dimension_of_a_row():
     assert len(set(rows["table2", "dit_xl"]["dvae_run_dirs"])) == 3
 
 
+@pytest.mark.e2e
 def test_plan_of_one_table_and_cpu_labels():
     rows = plan_rows(CONFIGS / "cpu.yaml")
     table4 = [r for r in rows if r["table"] == "table4"]

@@ -1,5 +1,6 @@
 """MLflow tracking as parallel jobs meet it: a fresh store opened by several jobs at once, an
 unreachable server, a metrics file cut off mid-line by a kill."""
+import pytest
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ print("on" if tracker.client else "off")
 """
 
 
+@pytest.mark.e2e
 def test_jobs_starting_together_on_a_fresh_store_all_track(tmp_path):
     """Four jobs open a sqlite store that does not exist yet at the same moment: each creates or
     finds the store, the experiment and the study's one parent run, and logs its child run."""

@@ -88,6 +88,7 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.e2e
 def test_sigkill_then_rerun_gives_bit_identical_weights(job, reference_run, tmp_path):
     out = tmp_path / "killed"
     start_and_stop_at_first_checkpoint(job, out, signal.SIGKILL)
@@ -115,6 +116,7 @@ def test_logged_rate_follows_the_schedule(job, reference_run):
     assert [r["lr"] for r in logged] == pytest.approx(expected)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_and_ctrl_c_checkpoint_and_exit(job, reference_run, tmp_path, sig):
     out = tmp_path / "preempted"
@@ -362,6 +364,7 @@ def test_row_draws_do_not_depend_on_the_split():
         part.rand(8)
 
 
+@pytest.mark.e2e
 def test_compiled_and_eager_runs_log_the_same_losses(study, latent_cache, tmp_path):
     """torch.compile changes how the step runs, not what it computes: 20 steps of D²iT-tiny on
     the CPU, compiled and eager, log the same loss curve within float noise; the compiled run

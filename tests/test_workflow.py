@@ -16,6 +16,8 @@ from d2it import launch
 from d2it import study as studies
 from tests_support import tiny_study
 
+pytestmark = pytest.mark.e2e  # Snakemake, torchrun or SLURM: subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 DVC = Path(sys.executable).parent / "dvc"

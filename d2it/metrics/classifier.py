@@ -100,11 +100,11 @@ def accuracy(net: ClassifierNet, images: torch.Tensor, labels: torch.Tensor) -> 
             "n": len(labels)}
 
 
-def study_classifier(config: dict, cache_dir: Path) -> tuple[ClassifierNet, dict]:
+def study_classifier(study: dict, cache_dir: Path) -> tuple[ClassifierNet, dict]:
     """The classifier of a study's data (trained here the first time, then loaded) and its record:
     settings and accuracy on the real held-out images (the ceiling)."""
-    data = config["data"]
-    settings = config["metrics"]["classifier"]
+    data = study["data"]
+    settings = study["metrics"]["classifier"]
     manifest = Manifest.load(data["manifest"])
     key = {"dataset": manifest.digest(), "resolution": data["resolution"], "flip": data["flip"],
            **settings}

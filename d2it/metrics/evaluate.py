@@ -100,21 +100,22 @@ def bootstrap_fd(features: torch.Tensor, reference: dict, rounds: int,
     return point - half, point + half
 
 
-def compare(generated: dict, reference: dict, extractor: Extractor, cfg: dict, seed: int) -> dict:
+def compare(generated: dict, reference: dict, extractor: Extractor, settings: dict,
+            seed: int) -> dict:
     """All metrics of generated features against reference features/statistics (see
     `reference_stats`)."""
     n = len(generated["pool"])
     stats = fid_features_to_statistics(generated["pool"])
     key = lambda m: metric_key(m, extractor, n)  # noqa: E731
     result = {key("fd"): frechet_distance(stats, reference)}
-    if cfg["bootstrap"]:
-        result[key("fd") + "_ci95"] = bootstrap_fd(generated["pool"], reference, cfg["bootstrap"],
-                                                   seed)
+    if settings["bootstrap"]:
+        result[key("fd") + "_ci95"] = bootstrap_fd(generated["pool"], reference,
+                                                   settings["bootstrap"], seed)
     result[key("is")] = isc_features_to_metric(generated["logits"], splits=min(10, n),
                                                rng_seed=seed)["inception_score_mean"]
     ref_feats = reference.get("features")
     if ref_feats is not None:
-        subset = min(cfg["kid_subset_size"], n, len(ref_feats))
+        subset = min(settings["kid_subset_size"], n, len(ref_feats))
         kid = kid_features_to_metric(generated["pool"], ref_feats, kid_subsets=100,
                                      kid_subset_size=subset, kid_kernel="poly",
                                      kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
@@ -127,7 +128,7 @@ def compare(generated: dict, reference: dict, extractor: Extractor, cfg: dict, s
     return result
 
 
-def reference_stats(dataset_fn, key: dict, cache_dir: Path, extractor: Extractor, cfg: dict,
+def reference_stats(dataset_fn, key: dict, cache_dir: Path, extractor: Extractor, settings: dict,
                     device: torch.device) -> dict:
     """μ, Σ and (up to metrics.reference_features) features of a reference image set, computed
     once and cached as a file named by what made it (dataset, split, resolution, extractor
@@ -140,17 +141,17 @@ def reference_stats(dataset_fn, key: dict, cache_dir: Path, extractor: Extractor
         return {"mu": data["mu"], "sigma": data["sigma"],
                 "features": torch.from_numpy(data["features"]),
                 "n": int(data["n"]), "file": str(path)}
-    features = extract(dataset_fn(), extractor, cfg["batch_size"], device,
-                       loader_workers(cfg["num_workers"]), f"reference {key['split']}")["pool"]
+    features = extract(dataset_fn(), extractor, settings["batch_size"], device,
+                       loader_workers(settings["num_workers"]), f"reference {key['split']}")["pool"]
     stats = fid_features_to_statistics(features)
     keep = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))
-                    [:cfg["reference_features"]]]
+                    [:settings["reference_features"]]]
     with atomic(path) as tmp:
         np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], features=keep.numpy(), n=len(features))
     return {**stats, "features": keep, "n": len(features), "file": str(path)}
 
 
-def adm_reference(path: Path, extractor: Extractor, cfg: dict, device: torch.device) -> dict:
+def adm_reference(path: Path, extractor: Extractor, settings: dict, device: torch.device) -> dict:
     """An ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz): its mu/sigma (Inception
     pool_3 of the whole training set) and the features of its 10K images for precision/recall."""
     if not extractor.comparable:
@@ -162,6 +163,6 @@ def adm_reference(path: Path, extractor: Extractor, cfg: dict, device: torch.dev
         raise D2itError(f"{path}: not an ADM reference batch "
                         f"(missing {', '.join(sorted(missing))})")
     images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2)
-    features = extract(images, extractor, cfg["batch_size"], device)["pool"]
+    features = extract(images, extractor, settings["batch_size"], device)["pool"]
     return {"mu": data["mu"].astype(np.float64), "sigma": data["sigma"].astype(np.float64),
             "features": features, "n": None, "file": str(path)}

@@ -52,11 +52,11 @@ def _inception_file(configured: str | None) -> Path | None:
     return cached if cached.is_file() else None
 
 
-def resolve(metrics_cfg: dict) -> Extractor:
+def resolve(settings: dict) -> Extractor:
     """metrics.extractor: `inception` (its weights from metrics.inception_weights, the torch hub
     cache, or a download where the network allows), `effnet` (offline), or `auto` (Inception when
     its weights are on disk, else EfficientNet-Lite0). The choice is logged."""
-    choice, weights = metrics_cfg["extractor"], _inception_file(metrics_cfg["inception_weights"])
+    choice, weights = settings["extractor"], _inception_file(settings["inception_weights"])
     if choice == "inception" or (choice == "auto" and weights is not None):
         extractor = Extractor("inception-v3-compat", "inception", ("2048", "logits_unbiased"),
                               str(weights) if weights else None,
@@ -80,12 +80,12 @@ def metric_key(metric: str, extractor: Extractor, n: int) -> str:
     return f"{metric}_{extractor.short}_{count}"
 
 
-def protocol_key(metrics_cfg: dict, n: int) -> str:
+def protocol_key(settings: dict, n: int) -> str:
     """The FD key `d2it metrics` will write for n samples under this config, known before any
     weights are read (with `auto`, from whether the Inception weights are on disk now)."""
-    choice = metrics_cfg["extractor"]
+    choice = settings["extractor"]
     if choice == "auto":
-        configured = metrics_cfg["inception_weights"]
+        configured = settings["inception_weights"]
         on_disk = Path(configured).is_file() if configured else (
             Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file()
         choice = "inception" if on_disk else "effnet"

@@ -40,29 +40,29 @@ def load_samples(path: Path, n: int | None) -> torch.Tensor:
     return torch.from_numpy(arr[:n]).permute(0, 3, 1, 2).contiguous()
 
 
-def reference(config: dict, extractor, device: torch.device) -> dict:
-    cfg, data = config["metrics"], config["data"]
-    if cfg["reference"].endswith(".npz"):
-        return adm_reference(Path(cfg["reference"]), extractor, cfg, device)
+def reference(study: dict, extractor, device: torch.device) -> dict:
+    settings, data = study["metrics"], study["data"]
+    if settings["reference"].endswith(".npz"):
+        return adm_reference(Path(settings["reference"]), extractor, settings, device)
     manifest = Manifest.load(data["manifest"])
-    split = cfg["reference"]
+    split = settings["reference"]
     ref = reference_stats(lambda: ImageFolderDataset(manifest, split, data["resolution"]),
                           {"dataset": manifest.digest()[:12], "split": split,
                            "resolution": data["resolution"]},
-                          Path(cfg["reference_dir"]), extractor, cfg, device)
+                          Path(settings["reference_dir"]), extractor, settings, device)
     return {**ref, "split": split}
 
 
-def class_scorer(config: dict):
+def class_scorer(study: dict):
     """None, or a function (sample file, images, its sampling JSON) -> the class-score fields of
     its metrics: the fraction of samples the study's classifier recognises as the class they were
     drawn for, its interval, and the classifier's accuracy on real held-out images (the
     ceiling)."""
-    if not config["metrics"]["class_score"]:
+    if not study["metrics"]["class_score"]:
         return None
-    if config["data"]["classes"] < 2:
+    if study["data"]["classes"] < 2:
         raise D2itError("metrics.class_score needs class-conditional data (data.classes > 1)")
-    net, record = study_classifier(config, Path(config["metrics"]["reference_dir"]))
+    net, record = study_classifier(study, Path(study["metrics"]["reference_dir"]))
 
     def score(path: Path, images: torch.Tensor, sampling: dict | None) -> dict:
         if sampling and not sampling.get("conditional", True):
@@ -80,7 +80,7 @@ def class_scorer(config: dict):
     return score
 
 
-def _log_evaluation(config: dict, path: Path, values: dict, sampling: dict | None) -> None:
+def _log_evaluation(study: dict, path: Path, values: dict, sampling: dict | None) -> None:
     """The sample set's metrics as a child run of the study in MLflow, its grid as an
     artifact."""
     sampling = sampling or {}
@@ -89,32 +89,32 @@ def _log_evaluation(config: dict, path: Path, values: dict, sampling: dict | Non
     params = {"sample_set": path.stem, **{k: sampling.get(k) for k in keep if k in sampling}}
     metrics = {k: v for k, v in values.items() if isinstance(v, (int, float))}
     grid = [Path(sampling["grid"])] if sampling.get("grid") else []
-    log_evaluation(config["tracking"], config["name"], path.stem, params, metrics, grid)
+    log_evaluation(study["tracking"], study["name"], path.stem, params, metrics, grid)
 
 
-def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
+def evaluate_samples(study: dict, samples: list[Path], out: Path) -> dict:
     """Metrics of one sample set, or of several (e.g. one per seed): then each set's values and, per
     metric, their mean and standard deviation across sets."""
-    cfg = config["metrics"]
+    settings = study["metrics"]
     missing = [str(p) for p in samples if not Path(p).exists()]
     if missing:  # before the reference statistics, which may take minutes
         raise D2itError(f"{', '.join(missing)}: no such sample file or folder")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    extractor = resolve(cfg)
-    ref = reference(config, extractor, device)
-    classifier = class_scorer(config)
+    extractor = resolve(settings)
+    ref = reference(study, extractor, device)
+    classifier = class_scorer(study)
     runs = []
     for path in samples:
-        images = load_samples(path, cfg["n_samples"])
-        values = compare(extract(images, extractor, cfg["batch_size"], device), ref, extractor, cfg,
-                         cfg["seed"])
+        images = load_samples(path, settings["n_samples"])
+        features = extract(images, extractor, settings["batch_size"], device)
+        values = compare(features, ref, extractor, settings, settings["seed"])
         meta = Path(path).with_suffix(".json")
         sampling = json.loads(meta.read_text()) if meta.is_file() else None
         if classifier:
             values.update(classifier(path, images, sampling))
         runs.append({"samples": str(path), "n_generated": len(images), **values,
                      "sampling": sampling})
-        _log_evaluation(config, Path(path), values, sampling)
+        _log_evaluation(study, Path(path), values, sampling)
     result = {k: v for k, v in runs[0].items()} if len(runs) == 1 else {"sets": runs}
     if len(runs) > 1:
         for key in (k for k, v in runs[0].items() if isinstance(v, float)):
@@ -129,7 +129,7 @@ def evaluate_samples(config: dict, samples: list[Path], out: Path) -> dict:
         keys=keys,
         extractor=extractor.name, extractor_sha256=extractor.sha256,
         comparable_with_paper=extractor.comparable,
-        seed=cfg["seed"], n_sets=len(runs),
+        seed=settings["seed"], n_sets=len(runs),
         reference={"file": ref["file"], "split": ref.get("split"), "n": ref["n"],
                    "n_features": len(ref["features"])},
         protocol=(f"{n} samples per set vs {Path(ref['file']).name}; {extractor.name} features; "
