@@ -161,7 +161,7 @@ def run_candidate(name: str, candidate: dict, start: dict, base: Path, out: Path
         with locked(sample_set.name):
             chain.run("sample", "--sample-set", sample_set.name, "--grid", str(grid),
                       output=sample_set.npz)
-            chain.run("metrics", "--samples", str(sample_set.npz), "--out", str(metrics),
+            chain.run("metrics", "--sample-set", sample_set.name, "--out", str(metrics),
                       output=metrics)
         shutil.copyfile(grid, out / f"{name}-{row.spec}.png")
         rows.append(result_row(name, candidate, row.spec, run, metrics, recon, chain))

@@ -116,7 +116,7 @@ def anchor(study: dict, checkpoint: Path, vae: Path, out_dir: Path, json_path: P
         drawn = draw(job, dist, npz, None, {"run": str(checkpoint), "grain_run": None})
         if not dist.main:
             continue
-        found = evaluate_samples(study, [npz], npz.with_suffix(".metrics.json"))
+        found = evaluate_samples(study, [npz], npz.with_suffix(".metrics.json"), [drawn])
         key = found["keys"]["fd"]
         rows.append({"cfg_scale": scale, "key": key, "ours": found[key],
                      "ours_ci95": found.get(f"{key}_ci95"),

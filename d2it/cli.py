@@ -114,7 +114,15 @@ def cmd_sample(args) -> dict:
 
 def cmd_metrics(args) -> dict:
     from d2it.metrics.job import evaluate_samples
+    from d2it.sample import planned_record
 
+    if args.sample_set:
+        plan = _plan(args)
+        found = plan.find_sample_set(args.sample_set)
+        out = Path(args.out) if args.out else found.metrics
+        return evaluate_samples(plan.study, [found.npz], out, [planned_record(found)])
+    if not args.out:
+        raise D2itError("d2it metrics --samples needs --out (the metrics JSON to write)")
     return evaluate_samples(_study(args), [Path(p) for p in args.samples], Path(args.out))
 
 
@@ -348,10 +356,13 @@ def _model_commands(sub) -> None:
 
     sp = _with_config(sub.add_parser("metrics",
                                     help="FD / IS / KID / precision / recall of samples"))
-    sp.add_argument("--samples", required=True, nargs="+",
-                    help=".npz with arr_0 (uint8 N x H x W x 3) or image folder; "
-                         "several: mean and std")
-    sp.add_argument("--out", required=True, help="metrics JSON")
+    which = sp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sample-set", help="a sample set of the study's plan (its samples, "
+                       "checked against its sampling record)")
+    which.add_argument("--samples", nargs="+",
+                       help=".npz with arr_0 (uint8 N x H x W x 3) or image folder; "
+                            "several: mean and std")
+    sp.add_argument("--out", help="metrics JSON (default with --sample-set: the plan's)")
     sp.set_defaults(fn=cmd_metrics)
 
     ev = sub.add_parser("eval", help="evaluate").add_subparsers(dest="what", required=True)

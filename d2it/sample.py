@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from d2it.config import digest
 from d2it.data.latents import LatentCache
-from d2it.files import atomic, write_json_atomic
+from d2it.files import atomic, read_json, write_json_atomic
 from d2it.diffusion import GaussianDiffusion, guided
 from d2it.errors import D2itError
 from d2it.grain import multigrain_noise, project_coarse, randn
@@ -29,6 +29,8 @@ from d2it.device import Distributed, autocast, compile_network
 from d2it.run_folder import fit_weights, load_final, load_snapshot, snapshot_path
 
 SETTINGS = (*SAMPLE_IDENTITY, "batch_size", "compile")  # compile: how, not what
+# Settings a sampling record holds as drawn (`draw`), which the plan's must equal.
+RECORDED = ("seed", "cfg_scale", "cfg_channels", "sampler", "steps", "classes", "at_step", "n")
 
 
 def generators(seed: int, stream: str, indices) -> list[torch.Generator]:
@@ -232,6 +234,24 @@ def sample(run_dir: Path, settings: dict, out: Path, grain_run: Path | None = No
     return draw(job, dist, out, grid, {"run": str(run_dir),
                                        "grain_run": str(grain_run) if grain_run else None},
                 mark)
+
+
+def planned_record(found) -> dict:
+    """The sampling record of a planned sample set (`found`: a study.SampleSet), read from the
+    file the plan names and checked against the plan: samples of another run or drawn under
+    other settings (a stale or swapped file) are one error naming the difference."""
+    record = read_json(found.record, "sampling record", "redraw the sample set")
+    expected = {"run": str(found.run.folder),
+                "grain_run": str(found.grain_run.folder) if found.grain_run else None,
+                **{k: found.settings.get(k) for k in RECORDED}}
+    if record.get("kind") != "d2it":
+        expected.pop("grain_run")
+    wrong = [f"{k}: {record.get(k)!r}, planned {v!r}" for k, v in expected.items()
+             if record.get(k) != v]
+    if wrong:
+        raise D2itError(f"{found.record}: these samples are not the planned set "
+                        f"{found.name} ({'; '.join(wrong[:3])}); redraw it")
+    return record
 
 
 def draw(job: DiTSampling, dist: Distributed, out: Path, grid: Path | None, source: dict,

@@ -8,8 +8,13 @@ import pytest
 import torch
 import yaml
 
+from d2it import study as studies
 from d2it.cli import main
 from d2it.data.manifest import Manifest
+from d2it.errors import D2itError
+from d2it.files import write_json_atomic
+from d2it.sample import RECORDED, planned_record
+from tests_support import tiny_study
 
 
 @pytest.fixture
@@ -160,3 +165,23 @@ def test_a_truncated_run_record_is_named_and_the_run_kept(config, models, capsys
                         "--out", run)
     assert message.startswith(f"{run / 'run.json'}: not a run record (")
     assert snapshot(run) == before
+
+
+def test_samples_that_are_not_the_planned_set_are_named(tmp_path):
+    """The metrics job takes a sample set's settings from the plan and its record from the file
+    the plan names: a record of another run or of other settings (a stale or swapped file) is one
+    error naming the difference; the planned one is returned as written."""
+    plan = studies.plan(studies.resolve(tiny_study(tmp_path, tmp_path / "m.json"), "tiny"))
+    found = plan.find_sample_set(plan.table_rows("table2")[1].sample_sets[0].name)  # D²iT
+    record = {"kind": "d2it", "run": str(found.run.folder),
+              "grain_run": str(found.grain_run.folder),
+              **{k: found.settings.get(k) for k in RECORDED}, "fine_fraction": 0.5}
+    write_json_atomic(found.record, record)
+    assert planned_record(found) == record
+    write_json_atomic(found.record, {**record, "cfg_scale": 4.0})
+    with pytest.raises(D2itError, match=r"not the planned set .*cfg_scale: 4.0, planned 1"):
+        planned_record(found)
+    other = plan.table_rows("table2")[0].sample_sets[0]  # DiT's run
+    write_json_atomic(found.record, {**record, "run": str(other.run.folder)})
+    with pytest.raises(D2itError, match=r"not the planned set .*run: "):
+        planned_record(found)

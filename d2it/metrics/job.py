@@ -1,7 +1,6 @@
 """`d2it metrics`: evaluate a sample file against the configured reference and write the JSON."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +91,13 @@ def _log_evaluation(study: dict, path: Path, values: dict, sampling: dict | None
     log_evaluation(study["tracking"], study["name"], path.stem, params, metrics, grid)
 
 
-def evaluate_samples(study: dict, samples: list[Path], out: Path) -> dict:
+def evaluate_samples(study: dict, samples: list[Path], out: Path,
+                     records: list[dict | None] | None = None) -> dict:
     """Metrics of one sample set, or of several (e.g. one per seed): then each set's values and, per
-    metric, their mean and standard deviation across sets."""
+    metric, their mean and standard deviation across sets. `records` are the sets' sampling
+    records (settings, provenance, measured fine fraction; `d2it sample` writes one), None where
+    a set has none."""
+    records = records or [None] * len(samples)
     settings = study["metrics"]
     missing = [str(p) for p in samples if not Path(p).exists()]
     if missing:  # before the reference statistics, which may take minutes
@@ -104,12 +107,10 @@ def evaluate_samples(study: dict, samples: list[Path], out: Path) -> dict:
     ref = reference(study, extractor, device)
     classifier = class_scorer(study)
     runs = []
-    for path in samples:
+    for path, sampling in zip(samples, records):
         images = load_samples(path, settings["n_samples"])
         features = extract(images, extractor, settings["batch_size"], device)
         values = compare(features, ref, extractor, settings, settings["seed"])
-        meta = Path(path).with_suffix(".json")
-        sampling = json.loads(meta.read_text()) if meta.is_file() else None
         if classifier:
             values.update(classifier(path, images, sampling))
         runs.append({"samples": str(path), "n_generated": len(images), **values,

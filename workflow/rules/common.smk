@@ -118,7 +118,7 @@ def table_inputs(wildcards) -> list:
 
 def metrics_inputs(wildcards) -> dict:
     found = PLAN.sample_sets[wildcards.name]
-    return {"samples": found.npz, "manifest": STUDY["data"]["manifest"]}
+    return {"samples": found.npz, "record": found.record, "manifest": STUDY["data"]["manifest"]}
 
 
 def recon_inputs(wildcards) -> Path:

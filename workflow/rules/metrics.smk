@@ -16,5 +16,5 @@ rule sample_metrics:
     log:
         f"{LOGS}/metrics/{{name}}.log",
     shell:
-        "OMP_NUM_THREADS={threads} d2it metrics --config {params.config} --samples {input.samples} "
-        "--out {output.json} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} d2it metrics --config {params.config} "
+        "--sample-set {wildcards.name} --out {output.json} > {log} 2>&1"
