@@ -44,7 +44,7 @@ def claim_run_dir(out: Path, record: dict, write: bool = True) -> None:
     if write:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"digest": digest(claim),
-                                 "identity_digest": digest(record["identity"]), "record": record})
+                                 "identity_digest": record["digest"], "record": record})
 
 
 def lock_run_dir(out: Path):

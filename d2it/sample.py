@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from d2it.config import digest
 from d2it.data.latents import LatentCache
 from d2it.files import atomic, read_json, write_json_atomic
 from d2it.diffusion import GaussianDiffusion, guided
@@ -24,7 +23,7 @@ from d2it.models import build
 from d2it.report.figures import write_grid
 from d2it.rng import generator
 from d2it.stage1 import load_dvae, to_uint8
-from d2it.study import SAMPLE_IDENTITY, grain_maps_of
+from d2it.study import SAMPLE_IDENTITY, grain_maps_of, run_digest
 from d2it.device import Distributed, autocast, compile_network
 from d2it.run_folder import fit_weights, load_final, load_snapshot, snapshot_path
 
@@ -73,7 +72,7 @@ class DiTSampling:
         self.classes = record["arch"]["num_classes"]  # 1: unconditional (data or spec)
         self.params = {"params_M": _millions(model)}
         self.dvae, dvae_record = load_dvae(Path(self.latent["dvae_run"]))
-        if digest(dvae_record["identity"]) != digest(record["identity"]["dvae"]):
+        if run_digest(dvae_record["identity"]) != run_digest(record["identity"]["dvae"]):
             raise D2itError(f"{self.latent['dvae_run']}: not the DVAE run {run_dir} was trained on")
         self.dvae.to(device)
         self.sampler = _sampler(record["identity"]["diffusion"], settings,

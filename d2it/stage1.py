@@ -9,7 +9,6 @@ from torch_fidelity.metric_fid import fid_features_to_statistics
 from tqdm import tqdm
 
 from d2it import perceptual
-from d2it.config import digest
 from d2it.data.folder import ImageFolderDataset, loader_workers
 from d2it.data.latents import CacheWriter
 from d2it.data.manifest import Manifest
@@ -21,7 +20,7 @@ from d2it.metrics.evaluate import extract, frechet_distance
 from d2it.metrics.extractors import metric_key, resolve
 from d2it.models import build, dvae_architecture
 from d2it.models.patchgan import adaptive_weight, hinge_d_loss
-from d2it.study import dvae_identity
+from d2it.study import dvae_identity, run_digest
 from d2it.device import seed_all
 from d2it.run_folder import fit_weights, load_final
 from d2it.train import train
@@ -35,7 +34,8 @@ def run_record(study: dict, fine_ratio: float, seed: int) -> dict:
     thresholds = Path(study["grain"]["thresholds"])
     load_thresholds(thresholds, manifest.digest())  # checked before the run folder is made
     arch = dvae_architecture(study["dvae"]["preset"], study["data"]["resolution"], fine_ratio)
-    return {"identity": dvae_identity(study, fine_ratio, seed), "arch": arch,
+    identity = dvae_identity(study, fine_ratio, seed)
+    return {"identity": identity, "digest": run_digest(identity), "arch": arch,
             "inputs": {"dataset_digest": manifest.digest(),
                        "thresholds_sha256": sha256_file(thresholds)},
             "files": {"manifest": study["data"]["manifest"], "thresholds": str(thresholds)}}
@@ -191,7 +191,7 @@ def evaluate_recon(study: dict, run_dir: Path, out: Path) -> dict:
               "extractor": extractor.name, "extractor_sha256": extractor.sha256,
               "protocol": f"posterior-mean reconstructions of {n} held-out images vs the "
                           f"originals; FD on {extractor.name} pooled features{note}",
-              "run": str(run_dir), "run_digest": digest(record["identity"])}
+              "run": str(run_dir), "run_digest": run_digest(record["identity"])}
     if study["metrics"]["class_score"] and study["data"]["classes"] > 1:
         # The decode ceiling: no latent model's samples score above what its DVAE decodes.
         net, classifier = study_classifier(study, Path(study["metrics"]["reference_dir"]))
@@ -225,6 +225,6 @@ def encode_latents(study: dict, run_dir: Path, out: Path) -> dict:
             latents = torch.stack([model.encode(v, g).latent() for v, g in views], 1)
             writer.add(split, latents, torch.stack([g for _, g in views], 1), labels)
     meta = writer.finish({"num_classes": len(manifest.classes), "dvae_run": str(run_dir),
-                          "dvae_digest": digest(identity),
-                          "grain_maps_digest": digest(identity["grain_maps"])})
+                          "dvae_digest": run_digest(identity),
+                          "grain_maps_digest": run_digest(identity["grain_maps"])})
     return {"cache": str(out), "scale_factor": meta["scale_factor"], "counts": meta["counts"]}

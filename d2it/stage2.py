@@ -6,14 +6,13 @@ from pathlib import Path
 
 import torch
 
-from d2it.config import digest
 from d2it.data.folder import loader_workers
 from d2it.data.latents import LatentCache
 from d2it.diffusion import GaussianDiffusion
 from d2it.errors import D2itError
 from d2it.grain import block_mean, expand, merge
 from d2it.models import build
-from d2it.study import model_architecture, model_identity, train_settings
+from d2it.study import model_architecture, model_identity, run_digest, train_settings
 from d2it.device import seed_all
 from d2it.train import train
 
@@ -122,17 +121,18 @@ def run_record(study: dict, spec_name: str, seed: int, cache: LatentCache,
     """A stage-2 run's record (run.json, final.pt): its identity, the architecture that rebuilds
     the network and what sampling needs from the latent cache, so sampling reads no cache."""
     identity = model_identity(study, spec_name, seed, fine_ratio)
-    if "dvae" in identity and cache.meta["dvae_digest"] != digest(identity["dvae"]):
+    if "dvae" in identity and cache.meta["dvae_digest"] != run_digest(identity["dvae"]):
         raise D2itError(f"{cache.folder}: made by another DVAE run ({cache.meta['dvae_run']}) than "
                         f"specs.{spec_name} at seed {seed} trains on")
     if ("grain_maps" in identity
-            and cache.meta["grain_maps_digest"] != digest(identity["grain_maps"])):
+            and cache.meta["grain_maps_digest"] != run_digest(identity["grain_maps"])):
         raise D2itError(f"{cache.folder}: holds other grain maps than specs.{spec_name} at fine "
                         f"ratio {fine_ratio} trains on")
     if cache.num_classes != study["data"]["classes"]:
         raise D2itError(f"data.classes = {study['data']['classes']}, but the dataset of "
                         f"{cache.folder} has {cache.num_classes}")
-    return {"identity": identity, "arch": model_architecture(study, spec_name),
+    return {"identity": identity, "digest": run_digest(identity),
+            "arch": model_architecture(study, spec_name),
             "latent": {**cache.latent, "scale_factor": cache.scale_factor,
                        "classes": cache.num_classes, "fine_fraction": cache.fine_fraction,
                        "dvae_run": cache.meta["dvae_run"], "cache": str(cache.folder)}}

@@ -227,6 +227,12 @@ def model_identity(study: dict, spec_name: str, seed: int, fine_ratio: float | N
             "train": _train_identity(train_settings(study, spec_name)), **inputs}
 
 
+def run_digest(identity: dict) -> str:
+    """The digest of a run's identity: its folder's name, its record's `digest`, the tracker's
+    tag and what a latent cache or a sample set says it was made from."""
+    return config_mod.digest(identity)
+
+
 def grain_maps_of(identity: dict) -> dict:
     """The grain-map identity a run's identity holds (directly, or through its DVAE's)."""
     return identity["grain_maps"] if "grain_maps" in identity else identity["dvae"]["grain_maps"]
@@ -264,7 +270,7 @@ class Run:
 
     @property
     def digest(self) -> str:
-        return config_mod.digest(self.identity)
+        return run_digest(self.identity)
 
     @property
     def key(self) -> str:
@@ -348,7 +354,7 @@ class Plan:
         return Path(self.study["paths"]["results"]) / "published" / self.name
 
     def _add(self, identity: dict, spec: str | None) -> Run:
-        name = f"{_label(identity)}-{config_mod.digest(identity)[:10]}"
+        name = f"{_label(identity)}-{run_digest(identity)[:10]}"
         folder = self.runs_dir / identity["stage"] / name
         run = Run(identity["stage"], identity, folder, spec)
         return self.runs.setdefault(run.key, run)

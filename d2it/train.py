@@ -20,7 +20,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from d2it.batch_fit import fit_batch_gpu
-from d2it.config import digest
 from d2it.device import (Distributed, compile_network, memory, on_gpu, rng_state, seed_all,
                          set_rng_state)
 from d2it.errors import D2itError
@@ -172,7 +171,7 @@ def _tracker(task: Task, out: Path, record: dict, tracking: dict, dist: Distribu
              tags: dict) -> Tracker:
     """The run's MLflow run and metrics.jsonl (rank 0 writes), resumed at `step`."""
     identity = record["identity"]
-    tags = {"d2it.task": task.name, "d2it.config_digest": digest(identity),
+    tags = {"d2it.task": task.name, "d2it.config_digest": record["digest"],
             "d2it.git_commit": git_commit(), "d2it.out": str(out.resolve()),
             "d2it.world_size": str(dist.world), **tags}
     return Tracker(out, tracking["uri"] if dist.main else None, tracking["experiment"],

@@ -16,6 +16,7 @@ import d2it
 from d2it import config
 from d2it.errors import D2itError
 from d2it.task import EpochBatches, RowDraws, batch_split
+from d2it.study import run_digest
 from d2it.train import train
 
 PACKAGE = Path(d2it.__file__).parent
@@ -163,6 +164,11 @@ class ToyTask:
         yield "main", loss, {"loss": loss.item()}
 
 
+def toy_record(identity: dict) -> dict:
+    """A run record as stage 1 and 2 make one: the identity and its digest."""
+    return {"identity": identity, "digest": run_digest(identity)}
+
+
 def toy_cfg(**kw):
     return {**config.validate({"name": "t"})["dvae"]["train"], "steps": 12, "batch_size": 8,
             "ckpt_every": 2, "log_every": 1, "ema": None, **kw}
@@ -175,7 +181,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, log_every):
     with pytest.raises(D2itError, match=r"non-finite main loss \(nan\) at step 6; stopped, the "
                                         r"last good checkpoint \(step 4\) stays in"):
         train(ToyTask(nan_at=5), toy_cfg(log_every=log_every), tmp_path,
-              {"identity": {"toy": 1}}, {"uri": None, "experiment": "t"}, seed=0)
+              toy_record({"toy": 1}), {"uri": None, "experiment": "t"}, seed=0)
     assert (sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
             == ["ckpt-000000002.pt", "ckpt-000000004.pt"])
     assert not (tmp_path / "final.pt").exists()
@@ -183,7 +189,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, log_every):
 
 def test_nan_before_any_checkpoint_says_so(tmp_path):
     with pytest.raises(D2itError, match="at step 1; stopped, no checkpoint was written yet"):
-        train(ToyTask(nan_at=0), toy_cfg(), tmp_path, {"identity": {"toy": 1}},
+        train(ToyTask(nan_at=0), toy_cfg(), tmp_path, toy_record({"toy": 1}),
               {"uri": None, "experiment": "t"}, seed=0)
 
 
@@ -192,7 +198,7 @@ def test_a_second_trainer_in_the_same_folder_is_refused(tmp_path):
     writes nothing; once the first has ended, the folder trains (and resumes) again."""
     from d2it.run_folder import lock_run_dir
 
-    record = {"identity": {"toy": 1}}
+    record = toy_record({"toy": 1})
     train(ToyTask(), toy_cfg(steps=2), tmp_path, record, {"uri": None, "experiment": "t"},
           seed=0)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -219,7 +225,7 @@ def test_keep_ckpts_keeps_the_newest_and_zero_none_once_final(tmp_path, keep):
             seen.append(sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.pt")))
             yield from super().losses(batch, step, draws)
 
-    train(Watched(), toy_cfg(steps=6, keep_ckpts=keep), tmp_path, {"identity": {"toy": 1}},
+    train(Watched(), toy_cfg(steps=6, keep_ckpts=keep), tmp_path, toy_record({"toy": 1}),
           {"uri": None, "experiment": "t"}, seed=0)
     assert seen[5] == [f"ckpt-{s:09d}.pt" for s in (2, 4)][-max(keep, 1):]  # before step 6
     left = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.pt"))
@@ -230,7 +236,7 @@ def test_keep_ckpts_keeps_the_newest_and_zero_none_once_final(tmp_path, keep):
 def test_a_truncated_final_pt_is_one_error_naming_it(tmp_path):
     """A final.pt cut short (a kill or a full disk while it was copied) is named by the commands
     that read it, in one line, without a traceback."""
-    train(ToyTask(), toy_cfg(steps=2), tmp_path, {"identity": {"toy": 1}},
+    train(ToyTask(), toy_cfg(steps=2), tmp_path, toy_record({"toy": 1}),
           {"uri": None, "experiment": "t"}, seed=0)
     final = tmp_path / "final.pt"
     final.write_bytes(final.read_bytes()[:len(final.read_bytes()) // 2])
@@ -270,7 +276,7 @@ def test_training_step_does_not_wait_for_the_device_between_logging_steps(tmp_pa
 
     steps = []
     train(SilentToy(), toy_cfg(log_every=4, ckpt_every=6, steps=12), tmp_path,
-          {"identity": {"toy": 1}}, {"uri": None, "experiment": "t"}, seed=0)
+          toy_record({"toy": 1}), {"uri": None, "experiment": "t"}, seed=0)
     assert len(steps) == 12
     # reads happen right after steps 4, 6, 8 and 12 (1-based), none after the others
     assert reads and {after for after, _ in reads} <= {4, 6, 8, 12}, reads
@@ -280,7 +286,7 @@ def test_mlflow_mirrors_the_json_metrics(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    train(ToyTask(), toy_cfg(), tmp_path / "run", {"identity": {"toy": 1}},
+    train(ToyTask(), toy_cfg(), tmp_path / "run", toy_record({"toy": 1}),
           {"uri": uri, "experiment": "t"}, seed=0)
     client = MlflowClient(uri)
     run = client.get_run((tmp_path / "run" / "mlflow_run_id").read_text())
@@ -298,7 +304,7 @@ def test_a_study_groups_its_trainings_and_evaluations_under_one_parent_run(tmp_p
 
     tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t", "study": "s"}
     for name in ("a", "b"):
-        train(ToyTask(), toy_cfg(steps=2), tmp_path / name, {"identity": {"toy": name}},
+        train(ToyTask(), toy_cfg(steps=2), tmp_path / name, toy_record({"toy": name}),
               tracking, seed=0)
     grid = tmp_path / "grid.png"
     grid.write_bytes(b"png")
@@ -319,7 +325,7 @@ def test_a_study_groups_its_trainings_and_evaluations_under_one_parent_run(tmp_p
 def test_broken_tracking_warns_and_training_goes_on(tmp_path, caplog):
     (tmp_path / "a-file").write_text("")
     uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a database that cannot be created
-    summary = train(ToyTask(), toy_cfg(), tmp_path / "run", {"identity": {"toy": 1}},
+    summary = train(ToyTask(), toy_cfg(), tmp_path / "run", toy_record({"toy": 1}),
                     {"uri": uri, "experiment": "t"}, seed=0)
     assert summary["steps"] == 12
     assert "MLflow tracking off for this run" in caplog.text
@@ -401,7 +407,7 @@ def test_auto_per_gpu_batch_accumulates_to_the_same_step(tmp_path, monkeypatch):
         monkeypatch.setattr(train_mod, "fit_batch_gpu", lambda task, opts, cfg, world, device: 2)
         out = tmp_path / str(setting)
         summaries[setting] = train(ToyTask(), toy_cfg(batch_gpu=setting), out,
-                                   {"identity": {"toy": 1}}, {"uri": None, "experiment": "t"},
+                                   toy_record({"toy": 1}), {"uri": None, "experiment": "t"},
                                    seed=0)
         weights[setting] = torch.load(out / "final.pt", weights_only=False)["model"]
     assert (summaries[None]["batch_gpu"], summaries[None]["accumulation_rounds"]) == (8, 1)
