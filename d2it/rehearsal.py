@@ -78,7 +78,7 @@ def cut(study: dict) -> tuple[dict, list[dict]]:
         node = study
         for part in key.split(".")[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key.split(".")[-1] in node:
+        if isinstance(node, dict) and node.get(key.split(".")[-1], value) != value:
             made.append({"key": key, "was": node[key.split(".")[-1]], "now": value, "why": why})
             set_key(study, key, value)
 
@@ -270,12 +270,14 @@ def kill_test(folder: Path, config: Path, spec: str, steps: int) -> dict:
     sets = ["--set", f"train.steps={steps}", "--set", "train.ckpt_every=1"]
     command = [*D2IT, "train", "model", "--config", str(config), "--spec", spec, "--seed", "0",
                *sets]
-    env = {**os.environ, "D2IT_USAGE": str(folder / "usage.jsonl")}
+    ledger = base / "usage.jsonl"  # its own: the rules' figures stay the workflow's
+    env = {**os.environ, "D2IT_USAGE": str(ledger)}
     runs = {name: base / name for name in ("straight", "killed")}
     for out in runs.values():
         shutil.rmtree(out, ignore_errors=True)
     log_path = base / "killtest.log"
     base.mkdir(parents=True, exist_ok=True)
+    ledger.unlink(missing_ok=True)
     with open(log_path, "w") as f:  # in the folder: the study's paths are relative to it
         subprocess.run([*command, "--out", str(runs["straight"])], check=True, env=env,
                        cwd=folder, stdout=f, stderr=subprocess.STDOUT)
@@ -301,8 +303,12 @@ def kill_test(folder: Path, config: Path, spec: str, steps: int) -> dict:
     resumed = "resuming from step" in log_path.read_text()
     digests["killed"] = ema_digest(runs["killed"] / "final.pt")
     shutil.rmtree(runs["killed"])
+    finished = [json.loads(line) for line in ledger.read_text().splitlines()]  # not the killed
     return {"spec": spec, "steps": steps, "killed_with": killed_at[-1], "resumed": resumed,
-            "ema_sha256": digests, "equal": len(set(digests.values())) == 1}
+            "ema_sha256": digests, "equal": len(set(digests.values())) == 1,
+            "seconds": {"straight": finished[0]["seconds"], "resumed": finished[1]["seconds"]},
+            "peak_rss_mib": {"straight": finished[0]["peak_rss_mib"],
+                             "resumed": finished[1]["peak_rss_mib"]}}
 
 
 def largest_spec(plan) -> str:
@@ -376,5 +382,8 @@ def markdown(summary: dict) -> str:
                   f"`{k['spec']}`, {k['steps']} steps, killed (SIGKILL) after {k['killed_with']}, "
                   f"resumed: {k['resumed']}; EMA sha256 straight {k['ema_sha256']['straight'][:16]}"
                   f", killed and resumed {k['ema_sha256']['killed'][:16]}: "
-                  f"**{'equal' if k['equal'] else 'DIFFERENT'}**."]
+                  f"**{'equal' if k['equal'] else 'DIFFERENT'}**. Straight run "
+                  f"{k['seconds']['straight']:.0f} s at {k['peak_rss_mib']['straight']:.0f} MiB "
+                  f"peak RSS; the resumed run {k['seconds']['resumed']:.0f} s at "
+                  f"{k['peak_rss_mib']['resumed']:.0f} MiB."]
     return "\n".join(lines) + "\n"
