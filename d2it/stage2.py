@@ -12,7 +12,7 @@ from d2it.diffusion import GaussianDiffusion
 from d2it.errors import D2itError
 from d2it.grain import block_mean, expand, merge
 from d2it.models import build
-from d2it.study import model_architecture, model_identity, run_digest, train_settings
+from d2it.study import model_identity, run_digest, train_settings
 from d2it.device import seed_all
 from d2it.train import train
 
@@ -132,7 +132,7 @@ def run_record(study: dict, spec_name: str, seed: int, cache: LatentCache,
         raise D2itError(f"data.classes = {study['data']['classes']}, but the dataset of "
                         f"{cache.folder} has {cache.num_classes}")
     return {"identity": identity, "digest": run_digest(identity),
-            "arch": model_architecture(study, spec_name),
+            "arch": identity["model"]["arch"],  # the network as the identity names it
             "latent": {**cache.latent, "scale_factor": cache.scale_factor,
                        "classes": cache.num_classes, "fine_fraction": cache.fine_fraction,
                        "dvae_run": cache.meta["dvae_run"], "cache": str(cache.folder)}}
