@@ -28,6 +28,16 @@ def atomic(path: str | Path, fsync: bool = False):
         tmp.unlink(missing_ok=True)
 
 
+def save_torch_atomic(path: str | Path, obj, fsync: bool = False) -> None:
+    """torch.save of `obj` to `path`, atomically. Saved through a file object, its records are
+    named `archive/...` whatever the file's name (torch names them after a path's stem, here the
+    temporary one's), so equal objects give byte-identical files."""
+    import torch
+
+    with atomic(path, fsync) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic(path) as tmp:
         tmp.write_text(text)

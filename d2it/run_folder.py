@@ -14,7 +14,7 @@ import torch
 
 from d2it.config import digest
 from d2it.errors import D2itError
-from d2it.files import atomic, read_json, write_json_atomic
+from d2it.files import read_json, save_torch_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 CKPT_GLOB = "ckpt-*.pt"
@@ -91,8 +91,7 @@ class Checkpoints:
     def save(self, state: dict, step: int) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"ckpt-{step:09d}.pt"
-        with atomic(path, fsync=True) as tmp:
-            torch.save(state, tmp)
+        save_torch_atomic(path, state, fsync=True)
         for old in sorted(self.folder.glob(CKPT_GLOB))[:-max(self.keep, 1)]:
             old.unlink()
         return path

@@ -19,7 +19,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from d2it.files import atomic
+from d2it.files import atomic, save_torch_atomic
 
 # stabilityai/sd-vae-ft-ema's config.json: the architecture, not the weights
 SD_VAE_CONFIG = {
@@ -41,8 +41,7 @@ def inception_weights(path: Path, seed: int = 0) -> Path:
             mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=str(path))
-    with atomic(Path(path)) as tmp:
-        torch.save(net.state_dict(), tmp)
+    save_torch_atomic(path, net.state_dict())
     return Path(path)
 
 
@@ -56,10 +55,8 @@ def lpips_weights(heads: Path, vgg16: Path, seed: int = 0) -> tuple[Path, Path]:
     channels = (64, 128, 256, 512, 512)  # VGG16's five feature stages
     lins = {f"lin{i}.{k}": v for i, c in enumerate(channels)
             for k, v in NetLinLayer(c, use_dropout=True).state_dict().items()}
-    with atomic(Path(heads)) as tmp:
-        torch.save(lins, tmp)
-    with atomic(Path(vgg16)) as tmp:
-        torch.save(torchvision.models.vgg16().state_dict(), tmp)
+    save_torch_atomic(heads, lins)
+    save_torch_atomic(vgg16, torchvision.models.vgg16().state_dict())
     return Path(heads), Path(vgg16)
 
 

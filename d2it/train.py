@@ -23,7 +23,7 @@ from d2it.batch_fit import fit_batch_gpu
 from d2it.device import (Distributed, compile_network, memory, on_gpu, rng_state, seed_all,
                          set_rng_state)
 from d2it.errors import D2itError
-from d2it.files import atomic, write_json_atomic
+from d2it.files import save_torch_atomic, write_json_atomic
 from d2it.run_folder import Checkpoints, claim_run_dir, lock_run_dir, snapshot_path
 from d2it.schedules import lr_factor, power_ema_fn
 from d2it.task import EpochBatches, RowDraws, Task, batch_split, phase_losses
@@ -161,8 +161,7 @@ def _finish(state: _State, out: Path, record: dict, ckpts: Checkpoints, summary:
     final = {"step": state.step, "model": model.state_dict(),
              "ema": state.ema.module.state_dict() if state.ema is not None else None,
              "run": record}
-    with atomic(out / "final.pt") as tmp:
-        torch.save(final, tmp)
+    save_torch_atomic(out / "final.pt", final)
     ckpts.finished()
     write_json_atomic(out / "summary.json", summary)
 
@@ -254,8 +253,7 @@ def train(task: Task, settings: dict, out: Path, record: dict, tracking: dict, s
                 # Snapshots (Fig. 6 evaluates the EMA weights at these steps)
                 if step in snapshots and dist.main:
                     weights = ema.module if ema is not None else model
-                    with atomic(snapshot_path(out, step)) as tmp:
-                        torch.save(weights.state_dict(), tmp)
+                    save_torch_atomic(snapshot_path(out, step), weights.state_dict())
 
                 # Logging, checkpoints, pre-emption
                 stop = dist.any(signals.received is not None)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch.nn as nn
 import d2it
 from d2it import config
 from d2it.errors import D2itError
+from d2it.files import sha256_file
 from d2it.task import EpochBatches, RowDraws, batch_split
 from d2it.study import run_digest
 from d2it.train import train
@@ -231,6 +233,20 @@ def test_keep_ckpts_keeps_the_newest_and_zero_none_once_final(tmp_path, keep):
     left = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*.pt"))
     assert left == [f"ckpt-{s:09d}.pt" for s in (4, 6)][2 - keep:] if keep else left == []
     assert (tmp_path / "final.pt").is_file()
+
+
+def test_two_uninterrupted_runs_write_byte_identical_weights(tmp_path, monkeypatch):
+    """final.pt and its snapshots: equal runs, here as if in two processes (temporary files are
+    named by the pid), give files of equal sha256. torch names a file's records after its
+    temporary name unless it is saved as a stream."""
+    for name, pid in (("a", 1001), ("b", 2002)):
+        monkeypatch.setattr(os, "getpid", lambda: pid)
+        train(ToyTask(), toy_cfg(steps=4, keep_ckpts=1), tmp_path / name, toy_record({"toy": 1}),
+              {"uri": None, "experiment": "t"}, seed=0, snapshots=(2,))
+    for file in ("final.pt", "snapshots/ema-000000002.pt"):
+        a, b = (sha256_file(tmp_path / name / file) for name in ("a", "b"))
+        assert a == b, file
+    assert zipfile.ZipFile(tmp_path / "a" / "final.pt").namelist()[0].startswith("archive/")
 
 
 def test_a_truncated_final_pt_is_one_error_naming_it(tmp_path):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from d2it.config import digest
 from d2it.data.folder import ImageFolderDataset, load_all
 from d2it.data.manifest import Manifest
-from d2it.files import atomic
+from d2it.files import save_torch_atomic
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,5 @@ def study_classifier(study: dict, cache_dir: Path) -> tuple[ClassifierNet, dict]
               "heldout_accuracy": ceiling["accuracy"], "heldout_ci95": ceiling["ci95"],
               "n_heldout": ceiling["n"]}
     log.info("classifier: held-out accuracy %.4f on %d images", ceiling["accuracy"], ceiling["n"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic(path) as tmp:
-        torch.save({"state_dict": net.state_dict(), "record": record}, tmp)
+    save_torch_atomic(path, {"state_dict": net.state_dict(), "record": record})
     return net, record
