@@ -15,6 +15,37 @@ from pathlib import Path
 from d2it.errors import D2itError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, `d2it: error: ...`, as every other error of the CLI."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("d2it").strip()
+        print(f"d2it: error: {command + ': ' if command else ''}{message}", file=sys.stderr)
+        sys.exit(2)
+
+
+class _Once(argparse.Action):
+    """An option given at most once: a second --config would silently replace the first."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if getattr(namespace, f"_{self.dest}_given", False):
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)}, {value})"
+                         "; a study is one file")
+        setattr(namespace, f"_{self.dest}_given", True)
+        setattr(namespace, self.dest, value)
+
+
+def _seed(text: str) -> int:
+    """A seed: an integer >= 0 (what numpy and torch accept)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; seeds are integers >= 0")
+    return value
+
+
 def _study(args) -> dict:
     from d2it import study
 
@@ -295,7 +326,8 @@ def cmd_bench(args) -> dict | None:
 
 def _with_config(sp):
     """--config and --set."""
-    sp.add_argument("--config", default="config/cpu.yaml", help="study config (YAML)")
+    sp.add_argument("--config", default="config/cpu.yaml", action=_Once,
+                    help="study config (YAML)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. sampling.steps=100 (repeatable)")
     return sp
@@ -303,7 +335,7 @@ def _with_config(sp):
 def _with_dvae(sp, run_dir: bool = True):
     """--fine-ratio, --seed and (where `run_dir`) --run-dir of a DVAE."""
     sp.add_argument("--fine-ratio", type=float, default=0.5, help="the DVAE's fine ratio")
-    sp.add_argument("--seed", type=int, default=0, help="training seed")
+    sp.add_argument("--seed", type=_seed, default=0, help="training seed")
     if run_dir:
         sp.add_argument("--run-dir", help="DVAE run folder (default: the study's)")
     return sp
@@ -339,7 +371,7 @@ def _model_commands(sub) -> None:
     sp = _with_config(tr.add_parser("model",
                                    help="stage 2: a spec (dit, d2it or grain) at one seed"))
     sp.add_argument("--spec", required=True, help="a name of the study's `specs`")
-    sp.add_argument("--seed", type=int, default=0, help="training seed")
+    sp.add_argument("--seed", type=_seed, default=0, help="training seed")
     sp.add_argument("--fine-ratio", type=float, help="grain specs: the grain maps' fine ratio")
     sp.add_argument("--latents", help="latent cache (default: that of the spec's DVAE)")
     sp.add_argument("--out", help="run folder (default: the study's; resumes if it holds this run)")
@@ -463,7 +495,7 @@ def _report_commands(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="d2it", description="D²iT / DiT reproduction harness")
+    p = _Parser(prog="d2it", description="D²iT / DiT reproduction harness")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_data_commands, _model_commands, _study_commands, _report_commands):
         add(sub)
@@ -503,13 +535,20 @@ def _main(argv: list[str]) -> int:
     except D2itError as e:
         print(f"d2it: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C; training catches it itself to checkpoint first
+        print("d2it: interrupted", file=sys.stderr)
+        return 130
     if result is None:  # the command printed its own output
         return 0
-    if isinstance(result, list):  # one JSON object per line
-        for item in result:
-            print(json.dumps(item, default=str, ensure_ascii=False))
-    else:
-        print(json.dumps(result, indent=1, default=str))
+    try:
+        if isinstance(result, list):  # one JSON object per line
+            for item in result:
+                print(json.dumps(item, default=str, ensure_ascii=False))
+        else:
+            print(json.dumps(result, indent=1, default=str))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")
     return 0
 
 

@@ -109,7 +109,10 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict:
     except FileNotFoundError:
         raise D2itError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
-        raise D2itError(f"{path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise D2itError(f"{path}: not valid YAML ({where}{problem})") from None
     if not isinstance(config, dict):
         raise D2itError(f"{path}: top level must be a mapping")
     # YAML aliases share objects: unshare them, so --set changes one key.

@@ -168,3 +168,45 @@ def test_config_readme_is_the_schema_with_every_key_described():
             for sub in value:
                 assert (f"{key}.{sub}" in sections["Study"]
                         or (linked and sub in sections[linked[1]])), f"{key}.{sub}"
+
+
+@pytest.mark.parametrize("argv,cause", [
+    (["study", "plan", "--config", "config/cpu.yaml", "--config", "config/quick.yaml"],
+     "study plan: --config given twice (config/cpu.yaml, config/quick.yaml)"),
+    (["train", "dvae", "--seed", "-1"], "train dvae: argument --seed: -1 is negative"),
+    (["train", "model", "--spec", "dit", "--seed", "x"], "'x' is not an integer"),
+    (["nope"], "argument command: invalid choice: 'nope'"),
+])
+def test_argument_errors_are_one_line_before_any_work(argv, cause, capsys):
+    """Bad arguments: `d2it: error: ...` in one line (no usage block), exit 2; a second --config
+    would otherwise have replaced the first in silence."""
+    from d2it.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("d2it: error: ") and cause in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_place(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntrain: {steps: 5\n")
+    with pytest.raises(D2itError) as found:
+        study.load(path)
+    message = str(found.value)
+    assert message.startswith(f"{path}: not valid YAML (line 3, column 1: ")
+    assert "\n" not in message
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C of a command that does not checkpoint (sampling, metrics): one line, no traceback,
+    the shell's exit code for SIGINT."""
+    from d2it import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_study_keys", interrupted)
+    assert cli.main(["study", "keys"]) == 130
+    assert capsys.readouterr().err == "d2it: interrupted\n"
