@@ -46,6 +46,17 @@ def _seed(text: str) -> int:
     return value
 
 
+def _fine_ratio(text: str) -> float:
+    """A fine ratio: the share of regions encoded fine, in [0, 1] (the schema's range)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside [0, 1] (a share of regions)")
+    return value
+
+
 def _study(args) -> dict:
     from d2it import study
 
@@ -334,7 +345,7 @@ def _with_config(sp):
 
 def _with_dvae(sp, run_dir: bool = True):
     """--fine-ratio, --seed and (where `run_dir`) --run-dir of a DVAE."""
-    sp.add_argument("--fine-ratio", type=float, default=0.5, help="the DVAE's fine ratio")
+    sp.add_argument("--fine-ratio", type=_fine_ratio, default=0.5, help="the DVAE's fine ratio")
     sp.add_argument("--seed", type=_seed, default=0, help="training seed")
     if run_dir:
         sp.add_argument("--run-dir", help="DVAE run folder (default: the study's)")
@@ -372,7 +383,8 @@ def _model_commands(sub) -> None:
                                    help="stage 2: a spec (dit, d2it or grain) at one seed"))
     sp.add_argument("--spec", required=True, help="a name of the study's `specs`")
     sp.add_argument("--seed", type=_seed, default=0, help="training seed")
-    sp.add_argument("--fine-ratio", type=float, help="grain specs: the grain maps' fine ratio")
+    sp.add_argument("--fine-ratio", type=_fine_ratio,
+                    help="grain specs: the grain maps' fine ratio")
     sp.add_argument("--latents", help="latent cache (default: that of the spec's DVAE)")
     sp.add_argument("--out", help="run folder (default: the study's; resumes if it holds this run)")
     sp.set_defaults(fn=cmd_train_model)

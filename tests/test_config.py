@@ -176,6 +176,8 @@ def test_config_readme_is_the_schema_with_every_key_described():
     (["train", "dvae", "--seed", "-1"], "train dvae: argument --seed: -1 is negative"),
     (["train", "model", "--spec", "dit", "--seed", "x"], "'x' is not an integer"),
     (["nope"], "argument command: invalid choice: 'nope'"),
+    (["train", "dvae", "--fine-ratio", "1.5"], "--fine-ratio: 1.5 is outside [0, 1]"),
+    (["encode", "--fine-ratio", "x"], "--fine-ratio: 'x' is not a number"),
 ])
 def test_argument_errors_are_one_line_before_any_work(argv, cause, capsys):
     """Bad arguments: `d2it: error: ...` in one line (no usage block), exit 2; a second --config
