@@ -228,6 +228,13 @@ def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeyp
     with pytest.raises(D2itError, match="not an ADM reference batch"):
         np.savez(tmp_path / "bad.npz", arr_0=np.zeros((1, 8, 8, 3), np.uint8))
         adm_reference(tmp_path / "bad.npz", extractor, cfg, CPU)
+    # a missing or damaged file is named as such, whatever the extractor
+    effnet = resolve(config.validate({"name": "t"})["metrics"] | {"extractor": "effnet"})
+    with pytest.raises(D2itError, match="no such ADM reference batch"):
+        adm_reference(tmp_path / "nope.npz", effnet, cfg, CPU)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "VIRTUAL_ref.npz").read_bytes()[:100])
+    with pytest.raises(D2itError, match="cut.npz: not a readable .npz"):
+        adm_reference(tmp_path / "cut.npz", extractor, cfg, CPU)
 
 
 def test_auto_falls_back_to_effnet_without_inception_weights(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 torch-fidelity's metric functions on features extracted once; keys name their protocol."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -154,11 +155,18 @@ def reference_stats(dataset_fn, key: dict, cache_dir: Path, extractor: Extractor
 def adm_reference(path: Path, extractor: Extractor, settings: dict, device: torch.device) -> dict:
     """An ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz): its mu/sigma (Inception
     pool_3 of the whole training set) and the features of its 10K images for precision/recall."""
+    if not Path(path).is_file():
+        raise D2itError(f"{path}: no such ADM reference batch (metrics.reference); download it "
+                        "from the guided-diffusion evaluations page or point the key at yours")
     if not extractor.comparable:
         raise D2itError(f"{path}: ADM reference statistics are Inception features; "
                         "set metrics.extractor: inception")
-    data = np.load(path)
-    missing = {"mu", "sigma", "arr_0"} - set(data.files)
+    try:
+        data = np.load(path)
+        files = set(data.files)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise D2itError(f"{path}: not a readable .npz ({e})") from None
+    missing = {"mu", "sigma", "arr_0"} - files
     if missing:
         raise D2itError(f"{path}: not an ADM reference batch "
                         f"(missing {', '.join(sorted(missing))})")
