@@ -21,6 +21,18 @@ onstart:
     tracking.prepare(STUDY["tracking"], STUDY["name"])
 
 
+onsuccess:
+    from d2it import tracking
+
+    tracking.finish(STUDY["tracking"], STUDY["name"], "FINISHED")
+
+
+onerror:
+    from d2it import tracking
+
+    tracking.finish(STUDY["tracking"], STUDY["name"], "FAILED")
+
+
 rule all:
     default_target: True
     input:

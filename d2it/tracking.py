@@ -100,13 +100,28 @@ def open_study(uri: str, experiment: str, study: str | None):
 
 def prepare(tracking: dict, study: str) -> None:
     """Create the store, the study's experiment and its parent run before any job starts (the
-    workflow's onstart); a failure only warns, as in every job."""
+    workflow's onstart), the parent marked RUNNING while the workflow runs; a failure only
+    warns, as in every job."""
+    set_study_status(tracking, study, "RUNNING")
+
+
+def finish(tracking: dict, study: str, status: str) -> None:
+    """The study's parent run ended with the workflow (its onsuccess / onerror): FINISHED or
+    FAILED, not left RUNNING."""
+    set_study_status(tracking, study, status)
+
+
+def set_study_status(tracking: dict, study: str, status: str) -> None:
     if not tracking.get("uri"):
         return
     try:
-        open_study(tracking["uri"], tracking["experiment"], study)
+        client, _, parent = open_study(tracking["uri"], tracking["experiment"], study)
+        if status == "RUNNING":
+            client.update_run(parent, status="RUNNING")
+        else:
+            client.set_terminated(parent, status=status)
     except Exception as e:  # noqa: BLE001 - tracking never stops the workflow
-        log.warning("MLflow store %s not prepared (%s: %s); jobs will retry", tracking["uri"],
+        log.warning("MLflow store %s: study run not set %s (%s: %s)", tracking["uri"], status,
                     type(e).__name__, e)
 
 

@@ -316,9 +316,10 @@ def test_mlflow_mirrors_the_json_metrics(tmp_path):
 def test_a_study_groups_its_trainings_and_evaluations_under_one_parent_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from d2it.tracking import log_evaluation
+    from d2it.tracking import finish, log_evaluation, prepare
 
     tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t", "study": "s"}
+    prepare(tracking, "s")  # the workflow's onstart
     for name in ("a", "b"):
         train(ToyTask(), toy_cfg(steps=2), tmp_path / name, toy_record({"toy": name}),
               tracking, seed=0)
@@ -336,6 +337,14 @@ def test_a_study_groups_its_trainings_and_evaluations_under_one_parent_run(tmp_p
     assert found.data.metrics == {"fd_effnet_1k": 12.5, "class_acc": 0.75}
     assert found.data.params == {"kind": "dit", "seed": "0"}
     assert [a.path for a in client.list_artifacts(evaluation)] == ["grid.png"]
+    # the workflow's end ends the study's run; a rerun opens it again
+    assert parent.info.status == "RUNNING"
+    finish(tracking, "s", "FINISHED")
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    prepare(tracking, "s")
+    assert client.get_run(parent.info.run_id).info.status == "RUNNING"
+    finish(tracking, "s", "FAILED")
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"
 
 
 def test_broken_tracking_warns_and_training_goes_on(tmp_path, caplog):
