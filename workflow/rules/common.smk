@@ -8,6 +8,7 @@ from snakemake.utils import update_config
 
 from d2it import launch
 from d2it import study as studies
+from d2it import config as config_mod
 from d2it.config import digest
 from d2it.errors import D2itError
 from d2it.files import write_text_atomic
@@ -30,7 +31,23 @@ def study_file() -> str:
     return str(default)
 
 
+def typed_overrides() -> None:
+    """--config values as a person types them. Snakemake reads a nested one (`train={steps: 5}`)
+    with YAML's BaseLoader, all strings, which the schema would refuse ('5' is not of type
+    'integer'); each string of --config is read again as `d2it --set` reads values."""
+
+    def retype(node: dict, given: dict) -> None:
+        for key, value in given.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                retype(node[key], value)
+            elif isinstance(value, str):
+                node[key] = config_mod.override_value(f"{key}={value}", value)
+
+    retype(config, workflow.config_settings.config or {})
+
+
 STUDY_FILE = study_file()
+typed_overrides()
 try:
     STUDY = studies.resolve(config, STUDY_FILE)
 except D2itError as e:
