@@ -81,6 +81,19 @@ def _store_lock(uri: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _check_writable(uri: str) -> None:
+    """A sqlite store this process cannot write is one warning (the callers'), not MLflow's and
+    SQLAlchemy's tracebacks from deep inside a write."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{path} is read-only")
+    folder = path.parent if path.parent.exists() else Path(".")
+    if not path.exists() and not os.access(folder, os.W_OK):
+        raise PermissionError(f"{folder} is read-only")
+
+
 def open_study(uri: str, experiment: str, study: str | None):
     """(client, experiment id, the study's parent run id or None), the store created or migrated
     and the experiment and parent run got or made one process at a time. HTTP requests give up
@@ -91,6 +104,7 @@ def open_study(uri: str, experiment: str, study: str | None):
         os.environ.setdefault(key, value)
     from mlflow.tracking import MlflowClient
 
+    _check_writable(uri)
     with _store_lock(uri):
         client = MlflowClient(uri)
         exp_id = _experiment_id(client, experiment)

@@ -357,6 +357,20 @@ def test_broken_tracking_warns_and_training_goes_on(tmp_path, caplog):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
 
 
+def test_a_read_only_store_is_one_warning(tmp_path, caplog, capfd, monkeypatch):
+    """An existing sqlite store this user cannot write (os.access says so; root may write any
+    file): one warning line, no MLflow or SQLAlchemy traceback, training goes on."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        False if Path(path) == tmp_path / "mlflow.db" and mode == os.W_OK else real(path, mode)))
+    summary = train(ToyTask(), toy_cfg(steps=2), tmp_path / "run", toy_record({"toy": 1}),
+                    {"uri": uri, "experiment": "t", "study": "s"}, seed=0)
+    assert summary["steps"] == 2
+    assert "mlflow.db is read-only" in caplog.text and "Traceback" not in capfd.readouterr().err
+
+
 def test_epoch_batches_resume_mid_epoch():
     full = list(EpochBatches(10, 3, seed=1, start=0, total=9))
     assert list(EpochBatches(10, 3, seed=1, start=4, total=9)) == full[4:]
