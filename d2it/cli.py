@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from d2it.errors import D2itError
+from d2it.files import check_writable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +79,7 @@ def cmd_data_synth(args) -> dict:
         raise D2itError(f"{args.config}: data.synth is null: "
                         "this study's data is a prepared folder (`d2it data prepare`)")
     out = Path(args.out) if args.out else Path(study["data"]["manifest"]).parent
+    check_writable(out)
     look = {k: synth[k] for k in LOOK}
     manifest = synthesize(out, seed=synth["seed"], resolution=study["data"]["resolution"],
                           n_train=synth["n_train"], n_heldout=synth["n_heldout"], look=look)
@@ -87,6 +89,7 @@ def cmd_data_synth(args) -> dict:
 def cmd_data_prepare(args) -> dict:
     from d2it.data.folder import prepare
 
+    check_writable(args.out)
     manifest = prepare(Path(args.src), Path(args.out), args.heldout_fraction)
     return {"manifest": args.out, "files": len(manifest.files), "classes": len(manifest.classes)}
 
@@ -101,6 +104,7 @@ def cmd_grain_thresholds(args) -> dict:
 
     study = _study(args)
     data, grain = study["data"], study["grain"]
+    check_writable(args.out or grain["thresholds"])
     manifest = Manifest.load(data["manifest"])
     dataset = ImageFolderDataset(manifest, "train", data["resolution"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=grain["batch_size"],
@@ -118,6 +122,7 @@ def cmd_train_dvae(args) -> dict:
 
     plan = _plan(args)
     out = Path(args.out) if args.out else plan.dvae(args.fine_ratio, args.seed).folder
+    check_writable(out)
     return train_dvae(plan.study, args.fine_ratio, args.seed, out)
 
 
@@ -131,6 +136,7 @@ def cmd_train_model(args) -> dict:
     run = plan.model(args.spec, args.seed, args.fine_ratio)
     latents = Path(args.latents) if args.latents else plan.latents(run)
     out = Path(args.out) if args.out else run.folder
+    check_writable(out)
     return train_model(plan.study, args.spec, args.seed, latents, out, args.fine_ratio,
                        plan.snapshot_steps(run))
 
@@ -142,12 +148,16 @@ def cmd_sample(args) -> dict:
         plan = _plan(args)
         found = plan.find_sample_set(args.sample_set)
         grain_run = found.grain_run.folder if found.grain_run else None
-        return sample(found.run.folder, found.settings, Path(args.out or found.npz), grain_run,
-                      Path(args.grid) if args.grid else found.grid, plan.study["mark"])
+        out = Path(args.out or found.npz)
+        grid = Path(args.grid) if args.grid else found.grid
+        check_writable(out, grid)
+        return sample(found.run.folder, found.settings, out, grain_run, grid,
+                      plan.study["mark"])
     if not (args.run_dir and args.out):
         raise D2itError("give --sample-set NAME (`d2it study plan` lists them), "
                         "or --run-dir and --out")
     study = _study(args)
+    check_writable(args.out, *([args.grid] if args.grid else []))
     settings = {**study["sampling"], "classes": None}
     return sample(Path(args.run_dir), settings, Path(args.out),
                   Path(args.grain_run) if args.grain_run else None,
@@ -162,9 +172,11 @@ def cmd_metrics(args) -> dict:
         plan = _plan(args)
         found = plan.find_sample_set(args.sample_set)
         out = Path(args.out) if args.out else found.metrics
+        check_writable(out)
         return evaluate_samples(plan.study, [found.npz], out, [planned_record(found)])
     if not args.out:
         raise D2itError("d2it metrics --samples needs --out (the metrics JSON to write)")
+    check_writable(args.out)
     return evaluate_samples(_study(args), [Path(p) for p in args.samples], Path(args.out))
 
 
@@ -178,6 +190,7 @@ def cmd_eval_recon(args) -> dict:
     plan = _plan(args)
     run = _dvae_dir(args, plan)
     out = Path(args.out) if args.out else plan.recon_json(plan.dvae(args.fine_ratio, args.seed))
+    check_writable(out)
     return evaluate_recon(plan.study, run, out)
 
 
@@ -186,7 +199,9 @@ def cmd_encode(args) -> dict:
 
     plan = _plan(args)
     run = _dvae_dir(args, plan)
-    return encode_latents(plan.study, run, Path(args.out) if args.out else run / "latents")
+    out = Path(args.out) if args.out else run / "latents"
+    check_writable(out)
+    return encode_latents(plan.study, run, out)
 
 
 def cmd_study_keys(args) -> None:

@@ -28,6 +28,20 @@ def atomic(path: str | Path, fsync: bool = False):
         tmp.unlink(missing_ok=True)
 
 
+def check_writable(*paths: str | Path) -> None:
+    """Refuse, before any work, a file or folder that cannot be written: its nearest existing
+    folder is read-only (or the path runs through a file), or it exists and is read-only."""
+    for path in map(Path, paths):
+        found = path
+        while not found.exists() and found != found.parent:
+            found = found.parent
+        if found != path and not found.is_dir():
+            raise D2itError(f"{path}: cannot be made: {found} is a file, not a folder")
+        if not os.access(found, os.W_OK):
+            what = "folder" if found.is_dir() else "file"
+            raise D2itError(f"{path}: cannot be written: the {what} {found} is read-only")
+
+
 def save_torch_atomic(path: str | Path, obj, fsync: bool = False) -> None:
     """torch.save of `obj` to `path`, atomically. Saved through a file object, its records are
     named `archive/...` whatever the file's name (torch names them after a path's stem, here the

@@ -1,5 +1,6 @@
 """Bad input to the CLI: one line `d2it: error: <cause>` naming the file or key, exit code 2, no
 traceback, and nothing the command read is changed. Each case breaks a copy of a tiny run."""
+import os
 import shutil
 from pathlib import Path
 
@@ -185,3 +186,29 @@ def test_samples_that_are_not_the_planned_set_are_named(tmp_path):
     write_json_atomic(found.record, {**record, "run": str(other.run.folder)})
     with pytest.raises(D2itError, match=r"not the planned set .*run: "):
         planned_record(found)
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "dvae", "--out", "{blocked}/run"],
+    ["sample", "--run-dir", "r", "--out", "{blocked}/s.npz"],
+    ["metrics", "--samples", "s.npz", "--out", "{blocked}/m.json"],
+    ["data", "synth", "--out", "{blocked}/data"],
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(argv, tmp_path, capsys,
+                                                                    monkeypatch):
+    """An output under a file, or in a read-only folder, is one line naming it, before the study
+    is read for work (here: no data, no runs exist) and before anything is written."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    config = ["--config", "config/quick.yaml"]
+    assert main([*[a.format(blocked=blocked) for a in argv], *config]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        False if Path(path) == folder else real(path, mode)))  # root may write anywhere
+    assert main([*[a.format(blocked=folder) for a in argv], *config]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {folder} is read-only" in err and len(err.strip().splitlines()) == 1
+    assert list(folder.iterdir()) == []
