@@ -1,6 +1,7 @@
 """Metrics: FD against SciPy and torch-fidelity, its response to degradations, P/R and IS limits,
 protocol-named keys, the offline path and the Inception path (with a weights file made here)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -165,6 +166,29 @@ def test_missing_or_single_samples_are_named_before_any_work(dataset, images, tm
     np.savez(tmp_path / "one.npz", arr_0=images[:1].permute(0, 2, 3, 1).numpy())
     with pytest.raises(D2itError, match=r"one\.npz: holds 1 sample\(s\); FD .* need 2"):
         evaluate_samples(cfg, [tmp_path / "one.npz"], tmp_path / "m.json")
+
+
+@pytest.mark.parametrize("arrays,cause", [
+    ({"arr_0": np.zeros((4, 64, 64, 3), np.uint8)},
+     "samples are 64x64 px, the study's data.resolution is 32"),
+    ({"arr_0": np.zeros((4, 32, 32, 3), np.uint8), "labels": np.array([0, 1, 9, 2])},
+     "a sample of class 9, the study has data.classes = 2"),
+    ({"arr_0": np.zeros((4, 32, 32, 3), np.uint8), "labels": np.array([0, 1])},
+     "labels has 2 entries for 4 images"),
+])
+def test_samples_of_another_study_are_refused_before_any_work(dataset, tmp_path, arrays, cause):
+    """Samples of another resolution or class count (another study's), or labels that do not
+    match their images: one error, before the reference statistics are computed."""
+    from d2it.metrics.job import evaluate_samples
+
+    cfg = config.validate({"name": "t", "data": {"manifest": str(dataset), "resolution": 32,
+                                                 "classes": 2},
+                           "grain": {"region": 4}, "dvae": {"preset": "tiny"},
+                           "metrics": {"reference_dir": str(tmp_path / "ref")}})
+    np.savez(tmp_path / "s.npz", **arrays)
+    with pytest.raises(D2itError, match=re.escape(cause)):
+        evaluate_samples(cfg, [tmp_path / "s.npz"], tmp_path / "m.json")
+    assert not (tmp_path / "ref").exists() and not (tmp_path / "m.json").exists()
 
 
 @pytest.mark.e2e

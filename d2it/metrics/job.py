@@ -1,6 +1,7 @@
 """`d2it metrics`: evaluate a sample file against the configured reference and write the JSON."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,55 @@ def load_samples(path: Path, n: int | None) -> torch.Tensor:
     if n is not None and len(arr) < n:
         raise D2itError(f"{path}: holds {len(arr)} samples, metrics.n_samples asks for {n}")
     return torch.from_numpy(arr[:n]).permute(0, 3, 1, 2).contiguous()
+
+
+def _npz_shapes(path: Path) -> dict[str, tuple]:
+    """The shape of each array of an .npz, read from the headers alone (a 50K-sample file is
+    gigabytes)."""
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                with archive.open(name) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if major == 1
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, _ = read(f)
+                shapes[name.removesuffix(".npy")] = shape
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise D2itError(f"{path}: not a readable .npz ({e})") from None
+    return shapes
+
+
+def check_samples(path: Path, study: dict) -> None:
+    """Samples that are not of this study, refused before any work: images of another
+    resolution, labels of another length or beyond the study's classes."""
+    path = Path(path)
+    resolution, classes = study["data"]["resolution"], study["data"]["classes"]
+    if path.is_dir():
+        first = next((p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES),
+                     None)
+        size = read_image(first).size if first else None
+        if size and size != (resolution, resolution):
+            raise D2itError(f"{path}: images are {size[0]}x{size[1]} px, the study's "
+                            f"data.resolution is {resolution}")
+        return
+    shapes = _npz_shapes(path)
+    if "arr_0" not in shapes:
+        raise D2itError(f"{path}: not a sample file (no arr_0)")
+    images = shapes["arr_0"]
+    if len(images) == 4 and tuple(images[1:3]) != (resolution, resolution):
+        raise D2itError(f"{path}: samples are {images[1]}x{images[2]} px, the study's "
+                        f"data.resolution is {resolution}; samples of another study?")
+    if "labels" in shapes:
+        if shapes["labels"][:1] != images[:1]:
+            raise D2itError(f"{path}: labels has {shapes['labels'][0]} entries for "
+                            f"{images[0]} images")
+        if classes > 1:
+            top = int(np.load(path)["labels"].max(initial=0))
+            if top >= classes:
+                raise D2itError(f"{path}: a sample of class {top}, the study has "
+                                f"data.classes = {classes}; samples of another study?")
 
 
 def reference(study: dict, extractor, device: torch.device) -> dict:
@@ -102,6 +152,8 @@ def evaluate_samples(study: dict, samples: list[Path], out: Path,
     missing = [str(p) for p in samples if not Path(p).exists()]
     if missing:  # before the reference statistics, which may take minutes
         raise D2itError(f"{', '.join(missing)}: no such sample file or folder")
+    for path in samples:
+        check_samples(path, study)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     extractor = resolve(settings)
     ref = reference(study, extractor, device)
