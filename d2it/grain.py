@@ -100,6 +100,16 @@ def load_thresholds(path, dataset_digest: str) -> dict:
     if table.get("dataset") != dataset_digest:
         raise D2itError(f"{path}: thresholds were computed on another dataset "
                         "than the configured manifest")
+    percentiles, values = table.get("percentiles"), table.get("values")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in [*(percentiles or []), *(values or [])])
+    if (not isinstance(percentiles, list) or not isinstance(values, list) or not numbers
+            or len(percentiles) != len(PERCENTILES) or len(values) != len(percentiles)):
+        raise D2itError(f"{path}: `percentiles` and `values` must be {len(PERCENTILES)} numbers "
+                        "each; remake it with `d2it grain thresholds`")
+    for key in ("region", "bins"):
+        if not isinstance(table.get(key), int) or table[key] < 1:
+            raise D2itError(f"{path}: `{key}` must be a positive integer, got {table.get(key)!r}")
     return table
 
 

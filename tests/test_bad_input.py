@@ -1,5 +1,6 @@
 """Bad input to the CLI: one line `d2it: error: <cause>` naming the file or key, exit code 2, no
 traceback, and nothing the command read is changed. Each case breaks a copy of a tiny run."""
+import json
 import os
 import shutil
 from pathlib import Path
@@ -84,21 +85,31 @@ def test_a_truncated_cache_meta_is_named(config, latent_cache, capsys, tmp_path)
     assert message.startswith(f"{cache / 'meta.json'}: not a latent cache's meta.json (")
 
 
-@pytest.mark.parametrize("content", ["half", "list"])
+@pytest.mark.parametrize("content", ["half", "list", "strings", "short"])
 def test_a_broken_thresholds_file_is_named(trained, capsys, tmp_path, content):
     study = trained[0]
     thresholds = tmp_path / "thresholds.json"
     shutil.copy(study["grain"]["thresholds"], thresholds)
+    table = json.loads(thresholds.read_text())
     if content == "half":
         cut_in_half(thresholds)
+    elif content == "strings":
+        thresholds.write_text(json.dumps({**table, "values": [str(v) for v in table["values"]]}))
+    elif content == "short":
+        thresholds.write_text(json.dumps({**table, "values": table["values"][:3]}))
     else:
         thresholds.write_text("[1, 2]\n")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**study, "grain": {**study["grain"],
                                                          "thresholds": str(thresholds)}}))
     message = one_error(capsys, "train", "dvae", "--config", config, "--out", tmp_path / "run")
-    assert message.startswith(f"{thresholds}: not a grain thresholds file (")
-    assert not list((tmp_path / "run").glob("*.pt"))
+    if content in ("strings", "short"):
+        assert message == (f"{thresholds}: `percentiles` and `values` must be "
+                           f"{len(table['percentiles'])} numbers each; remake it with "
+                           "`d2it grain thresholds`")
+    else:
+        assert message.startswith(f"{thresholds}: not a grain thresholds file (")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def test_runs_of_the_wrong_kind_are_named(config, trained, models, capsys, tmp_path):
