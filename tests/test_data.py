@@ -165,10 +165,17 @@ def test_truncated_png_is_named(tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
-def test_truncated_png_in_a_dataset_is_named_when_loaded(tmp_path):
+def test_an_image_changed_after_its_manifest_is_named_when_loaded(tmp_path):
+    """A file truncated, or replaced by another valid image, after the manifest was made: its
+    sha256 no longer matches, and reading it is one error naming it."""
     manifest = synthesize(tmp_path / "s", seed=0, resolution=32, n_train=10, n_heldout=10)
-    victim = tmp_path / "s" / manifest.split("train")[3].path
-    victim.write_bytes(victim.read_bytes()[:100])
+    train = manifest.split("train")
     ds = ImageFolderDataset(Manifest.load(tmp_path / "s" / "manifest.json"), "train", 32)
-    with pytest.raises(D2itError, match=f"{victim.name}: cannot read image"):
-        ds[3]
+    replaced = tmp_path / "s" / train[2].path
+    replaced.write_bytes((tmp_path / "s" / train[5].path).read_bytes())
+    cut = tmp_path / "s" / train[3].path
+    cut.write_bytes(cut.read_bytes()[:100])
+    for i, victim in ((2, replaced), (3, cut)):
+        with pytest.raises(D2itError, match=f"{victim.name}: changed since its manifest"):
+            ds[i]
+    assert ds[4][0].shape == (3, 32, 32)  # the others read as before

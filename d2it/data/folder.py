@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections import Counter
@@ -37,12 +38,20 @@ def center_crop(image: Image.Image, resolution: int) -> np.ndarray:
 SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def decode(path: Path) -> tuple[Image.Image, str]:
+def decode(path: Path, sha256: str | None = None) -> tuple[Image.Image, str]:
     """(RGB image, the file's own mode), decoded fully, so a truncated or corrupt file fails here
-    with its name, not later. 16-bit grey is scaled to 8 bits; 32-bit integer or float images,
-    whose range no convention fixes, are refused by name."""
+    with its name, not later. With `sha256` (its manifest's), a file changed since is refused.
+    16-bit grey is scaled to 8 bits; 32-bit integer or float images, whose range no convention
+    fixes, are refused by name."""
     try:
-        with Image.open(path) as image:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise D2itError(f"{path}: cannot read image ({e})") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise D2itError(f"{path}: changed since its manifest was made (sha256 differs); "
+                        "restore the file or remake the manifest")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
             mode = image.mode
             if mode in SIXTEEN_BIT:
@@ -57,8 +66,8 @@ def decode(path: Path) -> tuple[Image.Image, str]:
         raise D2itError(f"{path}: cannot read image ({e})") from None
 
 
-def read_image(path: Path) -> Image.Image:
-    return decode(path)[0]
+def read_image(path: Path, sha256: str | None = None) -> Image.Image:
+    return decode(path, sha256)[0]
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -76,7 +85,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         entry = self.entries[i]
-        array = center_crop(read_image(self.root / entry.path), self.resolution)
+        array = center_crop(read_image(self.root / entry.path, entry.sha256), self.resolution)
         return torch.from_numpy(array.copy()).permute(2, 0, 1), entry.label
 
     def labels(self) -> torch.Tensor:
