@@ -132,6 +132,7 @@ def run_record(study: dict, spec_name: str, seed: int, cache: LatentCache,
         raise D2itError(f"data.classes = {study['data']['classes']}, but the dataset of "
                         f"{cache.folder} has {cache.num_classes}")
     return {"identity": identity, "digest": run_digest(identity),
+            "inputs": {"latent_cache": cache.digest},  # a resume refuses another cache
             "arch": identity["model"]["arch"],  # the network as the identity names it
             "latent": {**cache.latent, "scale_factor": cache.scale_factor,
                        "classes": cache.num_classes, "fine_fraction": cache.fine_fraction,

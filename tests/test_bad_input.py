@@ -12,10 +12,12 @@ import yaml
 
 from d2it import study as studies
 from d2it.cli import main
+from d2it.data.latents import LatentCache
 from d2it.data.manifest import Manifest
 from d2it.errors import D2itError
 from d2it.files import write_json_atomic
 from d2it.sample import RECORDED, planned_record
+from d2it.stage2 import run_record
 from tests_support import tiny_study
 
 
@@ -83,6 +85,23 @@ def test_a_truncated_cache_meta_is_named(config, latent_cache, capsys, tmp_path)
     message = one_error(capsys, "train", "model", "--config", config, "--spec", "dit",
                         "--latents", cache, "--out", tmp_path / "run")
     assert message.startswith(f"{cache / 'meta.json'}: not a latent cache's meta.json (")
+
+
+def test_an_edited_cache_meta_is_named_and_a_run_records_its_cache(
+        config, latent_cache, capsys, tmp_path):
+    """meta.json edited by hand (a scale factor changed) no longer matches its digest; a run
+    records the digest of the cache it trained on (run.json's inputs: a folder holding a run of
+    other inputs is refused, test_train)."""
+    cache = copy(latent_cache, tmp_path, "latents")
+    meta = json.loads((cache / "meta.json").read_text())
+    (cache / "meta.json").write_text(json.dumps({**meta, "scale_factor": 1.5}))
+    message = one_error(capsys, "train", "model", "--config", config, "--spec", "dit",
+                        "--latents", cache, "--out", tmp_path / "run")
+    assert message == (f"{cache / 'meta.json'}: changed since the cache was written (its digest "
+                       "no longer matches); re-encode with `d2it encode`")
+    assert not (tmp_path / "run").exists()
+    record = run_record(yaml.safe_load(config.read_text()), "dit", 0, LatentCache(latent_cache))
+    assert record["inputs"] == {"latent_cache": LatentCache(latent_cache).digest}
 
 
 @pytest.mark.parametrize("content", ["half", "list", "strings", "short"])

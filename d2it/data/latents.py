@@ -4,7 +4,8 @@ reads the small meta.json to learn everything about them, and reads only the row
 
     <DVAE run>/latents/
         meta.json                      format, scale factor, views, shapes, classes, fine fraction,
-                                       the DVAE run (folder and identity digest)
+                                       the DVAE run (folder and identity digest), each array's
+                                       sha256 and the digest of all of it (checked when read)
         <split>_latents.npy            float32  N x V x C x H x W   (V views: identity [, mirror])
         <split>_grain.npy              bool     N x V x H/2 x W/2   (True = fine)
         <split>_labels.npy             int64    N
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 
 from d2it.errors import D2itError
-from d2it.files import read_json, write_json_atomic
+from d2it.config import digest
+from d2it.files import read_json, sha256_file, write_json_atomic
 
-FORMAT = "d2it-latents/2"
+FORMAT = "d2it-latents/3"  # 3: meta.json carries the arrays' sha256 and its own digest
 SPLITS = ("train", "heldout")
 ARRAYS = ("latents", "grain", "labels")
 
@@ -38,6 +40,15 @@ class LatentCache:
         if self.meta.get("format") != FORMAT:
             raise D2itError(f"{path}: format {self.meta.get('format')!r}, expected {FORMAT!r} "
                             "(re-encode with `d2it encode`)")
+        written = {k: v for k, v in self.meta.items() if k != "digest"}
+        if self.meta.get("digest") != digest(written):
+            raise D2itError(f"{path}: changed since the cache was written (its digest no longer "
+                            "matches); re-encode with `d2it encode`")
+
+    @property
+    def digest(self) -> str:
+        """What the cache holds, in one digest: its meta.json, the arrays' sha256 among it."""
+        return self.meta["digest"]
 
     @property
     def scale_factor(self) -> float:
@@ -182,6 +193,8 @@ class CacheWriter:
                 "views": int(first.shape[1]), "channels": int(first.shape[2]),
                 "size": int(first.shape[3]), "fine_fraction": float(self.fine[0] / self.fine[1])}
         self.arrays.clear()
+        meta["arrays_sha256"] = {p.name: sha256_file(p) for p in sorted(self.tmp.glob("*.npy"))}
+        meta["digest"] = digest(meta)
         write_json_atomic(self.tmp / "meta.json", meta)
         old = self.folder.with_name(self.folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
