@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -539,8 +540,31 @@ def _record_usage(ledger: str, argv: list[str], seconds: float, code: int) -> No
         f.write(line + "\n")
 
 
+def _watch_parent(pid: int, every: float = 2.0) -> None:
+    """Stop this job when the Snakemake process that started it is gone (killed with -9, it
+    cannot stop its jobs): SIGTERM to ourselves, so a training writes a checkpoint and exits and
+    anything else ends, instead of running on unseen."""
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(every)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                logging.getLogger(__name__).warning("Snakemake (pid %d) is gone; stopping", pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:  # alive, another user's
+                continue
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if os.environ.get("D2IT_PARENT_PID"):  # set by the workflow for every job it starts
+        _watch_parent(int(os.environ["D2IT_PARENT_PID"]))
     started = time.perf_counter()
     code = 1
     try:

@@ -212,3 +212,25 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_study_keys", interrupted)
     assert cli.main(["study", "keys"]) == 130
     assert capsys.readouterr().err == "d2it: interrupted\n"
+
+
+def test_a_job_stops_itself_when_its_snakemake_is_gone():
+    """The workflow exports its pid (D2IT_PARENT_PID); a job whose Snakemake was killed gets
+    SIGTERM from its watcher (a training then checkpoints and exits), not to run on unseen."""
+    import signal
+    import time
+
+    from d2it.cli import _watch_parent
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer exists
+    received = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        _watch_parent(gone.pid, every=0.05)
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert received == [signal.SIGTERM]

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def typed_overrides() -> None:
                 node[key] = config_mod.override_value(f"{key}={value}", value)
 
     retype(config, workflow.config_settings.config or {})
+
+
+# Every job watches the Snakemake process that runs it (this one: the Snakefile is read again in
+# each process that runs jobs, a cluster job's included) and stops itself when it is gone.
+shell.prefix(f"export D2IT_PARENT_PID={os.getpid()}; ")
 
 
 STUDY_FILE = study_file()
