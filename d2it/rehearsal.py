@@ -64,7 +64,9 @@ CUTS = [
     ("metrics.classifier.epochs", 1, "the class-score classifier trains once over the data"),
 ]
 CLASSES = 8  # a stand-in's classes at most: the latent caches encode every image at 256 px
-PER_CLASS = 2  # training images per class
+PER_CLASS = 2  # training images per class ...
+MIN_TRAIN = 8  # ... and 8 at least: a training-split reference (FFHQ's) is scored with
+#                precision / recall, whose 3 nearest neighbours need 4 images or more
 HELDOUT = 8  # held-out images: reconstructions, ground-truth grain maps, reference statistics
 FRACTION = 0.25  # the stand-in's held-out fraction (ImageNet's 1 % of a few dozen is none)
 
@@ -130,19 +132,20 @@ def standin_images(src: Path, study: dict) -> None:
     split (the split is by path hash: names are drawn until both quotas are met)."""
     side = study["data"]["resolution"]
     classes = study["data"]["classes"]
+    per_class = max(PER_CLASS, -(-MIN_TRAIN // classes))
     train = {c: 0 for c in range(classes)}
     heldout = 0
     index = 0
     tmp = src.with_name(src.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier attempt's images
     tmp.mkdir(parents=True)
-    with tqdm(total=classes * PER_CLASS + HELDOUT, desc="stand-in images", unit="img") as bar:
-        while min(train.values()) < PER_CLASS or heldout < HELDOUT:
+    with tqdm(total=classes * per_class + HELDOUT, desc="stand-in images", unit="img") as bar:
+        while min(train.values()) < per_class or heldout < HELDOUT:
             label = index % classes
             rel = (f"n{label:08d}/{index:05d}.JPEG" if classes > 1 else f"{index:05d}.png")
             index += 1
             held = in_heldout(rel, FRACTION)
-            if (held and heldout >= HELDOUT) or (not held and train[label] >= PER_CLASS):
+            if (held and heldout >= HELDOUT) or (not held and train[label] >= per_class):
                 continue
             image, _, _ = render(0, "train", index, side)
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)

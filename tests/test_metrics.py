@@ -164,7 +164,8 @@ def test_missing_or_single_samples_are_named_before_any_work(dataset, images, tm
         evaluate_samples(cfg, [tmp_path / "nope.npz"], tmp_path / "m.json")
     assert not (tmp_path / "ref").exists()
     np.savez(tmp_path / "one.npz", arr_0=images[:1].permute(0, 2, 3, 1).numpy())
-    with pytest.raises(D2itError, match=r"one\.npz: holds 1 sample\(s\); FD .* need 2"):
+    with pytest.raises(D2itError, match=r"one\.npz: 1 image\(s\); precision / recall \(3 "
+                       r"nearest neighbours\) need 4 at least"):
         evaluate_samples(cfg, [tmp_path / "one.npz"], tmp_path / "m.json")
 
 
@@ -268,3 +269,22 @@ def test_auto_falls_back_to_effnet_without_inception_weights(tmp_path, monkeypat
     with pytest.raises(D2itError, match="metrics.inception_weights: .*missing.pth is not a file"):
         resolve(config.validate({"name": "t"})["metrics"]
                 | {"inception_weights": str(tmp_path / "missing.pth")})
+
+
+def test_a_reference_split_too_small_for_precision_recall_is_named(tmp_path):
+    """FFHQ scores against its training split; a split of fewer than 4 images (found by the
+    FFHQ rehearsal's 2-image stand-in) is one error before any work, not torch-fidelity's
+    kthvalue traceback."""
+    from d2it.data.synth import synthesize
+    from d2it.metrics.job import evaluate_samples
+
+    synthesize(tmp_path / "s", seed=0, resolution=32, n_train=2, n_heldout=4)
+    cfg = config.validate({"name": "t", "data": {"manifest": str(tmp_path / "s/manifest.json"),
+                                                 "resolution": 32},
+                           "grain": {"region": 4}, "dvae": {"preset": "tiny"},
+                           "metrics": {"reference": "train",
+                                       "reference_dir": str(tmp_path / "ref")}})
+    np.savez(tmp_path / "x.npz", arr_0=np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(D2itError, match=r"its train split .*: 2 image\(s\); precision / recall"):
+        evaluate_samples(cfg, [tmp_path / "x.npz"], tmp_path / "m.json")
+    assert not (tmp_path / "ref").exists()

@@ -17,7 +17,8 @@ from PIL import Image
 from d2it import standins
 from d2it import study as studies
 from d2it.data.folder import in_heldout
-from d2it.rehearsal import CLASSES, FRACTION, HELDOUT, PER_CLASS, cut, job_stats, standin_images
+from d2it.rehearsal import (CLASSES, FRACTION, HELDOUT, MIN_TRAIN, PER_CLASS, cut, job_stats,
+                            standin_images)
 
 REPO = Path(__file__).resolve().parents[1]
 D2IT = [sys.executable, "-m", "d2it.cli"]
@@ -54,16 +55,20 @@ def test_cuts_keep_the_paper_sizes_and_move_every_path_into_the_folder(config):
         assert rehearsed["figures"]["fig6"]["at_steps"] == [1, 2]
 
 
-def test_stand_in_images_meet_both_split_quotas(tmp_path):
-    study = {"data": {"resolution": 32, "classes": 3}}
+@pytest.mark.parametrize("classes,per_class", [(3, 3), (8, PER_CLASS), (1, MIN_TRAIN)])
+def test_stand_in_images_meet_both_split_quotas(tmp_path, classes, per_class):
+    """HELDOUT held-out images, and per class PER_CLASS training images, MIN_TRAIN in all at
+    least: FFHQ's one-class stand-in is its own metrics reference (found by its rehearsal)."""
+    study = {"data": {"resolution": 32, "classes": classes}}
     standin_images(tmp_path / "images", study)
     files = sorted(p.relative_to(tmp_path / "images").as_posix()
-                   for p in (tmp_path / "images").rglob("*.JPEG"))
+                   for p in (tmp_path / "images").rglob("*") if p.is_file())
     held = [f for f in files if in_heldout(f, FRACTION)]
     train = [f for f in files if not in_heldout(f, FRACTION)]
-    assert len(held) == HELDOUT
-    assert sorted(f.split("/")[0] for f in train) == sorted(
-        [f"n{c:08d}" for c in range(3)] * PER_CLASS)
+    assert len(held) == HELDOUT and len(train) == classes * per_class >= MIN_TRAIN
+    if classes > 1:
+        assert sorted(f.split("/")[0] for f in train) == sorted(
+            [f"n{c:08d}" for c in range(classes)] * per_class)
     assert Image.open(tmp_path / "images" / files[0]).size == (32, 32)
 
 

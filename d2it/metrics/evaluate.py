@@ -101,6 +101,19 @@ def bootstrap_fd(features: torch.Tensor, reference: dict, rounds: int,
     return point - half, point + half
 
 
+# Precision / recall's k nearest neighbours (torch-fidelity's default, as in Kynkäänniemi et al.):
+# each set needs more than k images.
+NEIGHBOURS = 3
+MIN_IMAGES = NEIGHBOURS + 1
+
+
+def enough_images(n: int, what: str) -> None:
+    """One error, not torch-fidelity's kthvalue traceback, for a set too small to score."""
+    if n < MIN_IMAGES:
+        raise D2itError(f"{what}: {n} image(s); precision / recall ({NEIGHBOURS} nearest "
+                        f"neighbours) need {MIN_IMAGES} at least")
+
+
 def compare(generated: dict, reference: dict, extractor: Extractor, settings: dict,
             seed: int) -> dict:
     """All metrics of generated features against reference features/statistics (see
@@ -116,6 +129,8 @@ def compare(generated: dict, reference: dict, extractor: Extractor, settings: di
                                                rng_seed=seed)["inception_score_mean"]
     ref_feats = reference.get("features")
     if ref_feats is not None:
+        enough_images(n, "the samples")
+        enough_images(len(ref_feats), f"the reference {reference.get('file')}")
         subset = min(settings["kid_subset_size"], n, len(ref_feats))
         kid = kid_features_to_metric(generated["pool"], ref_feats, kid_subsets=100,
                                      kid_subset_size=subset, kid_kernel="poly",
@@ -123,7 +138,8 @@ def compare(generated: dict, reference: dict, extractor: Extractor, settings: di
                                      kid_kernel_poly_coef0=1, rng_seed=seed, verbose=False)
         result[key("kid")] = kid["kernel_inception_distance_mean"]
         prc = prc_features_to_metric(generated["pool"].float(), ref_feats.float(),
-                                     prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=True,
+                                     prc_neighborhood=NEIGHBOURS, prc_batch_size=10000,
+                                     save_cpu_ram=True,
                                      verbose=False)
         result[key("precision")], result[key("recall")] = prc["precision"], prc["recall"]
     return result
@@ -170,6 +186,7 @@ def adm_reference(path: Path, extractor: Extractor, settings: dict, device: torc
     if missing:
         raise D2itError(f"{path}: not an ADM reference batch "
                         f"(missing {', '.join(sorted(missing))})")
+    enough_images(len(data["arr_0"]), f"{path}: its arr_0")
     images = torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2)
     features = extract(images, extractor, settings["batch_size"], device)["pool"]
     return {"mu": data["mu"].astype(np.float64), "sigma": data["sigma"].astype(np.float64),

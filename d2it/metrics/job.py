@@ -12,7 +12,8 @@ from d2it.data.manifest import Manifest
 from d2it.files import write_json_atomic
 from d2it.errors import D2itError
 from d2it.metrics.classifier import accuracy, study_classifier
-from d2it.metrics.evaluate import adm_reference, compare, extract, reference_stats
+from d2it.metrics.evaluate import (adm_reference, compare, enough_images, extract,
+                                   reference_stats)
 from d2it.metrics.extractors import metric_key, resolve
 from d2it.tracking import log_evaluation
 
@@ -32,9 +33,7 @@ def load_samples(path: Path, n: int | None) -> torch.Tensor:
             raise D2itError(f"{path}: not a sample file with arr_0 ({e})") from None
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise D2itError(f"{path}: images must be uint8 N x H x W x 3, got {arr.dtype} {arr.shape}")
-    if len(arr) < 2:
-        raise D2itError(f"{path}: holds {len(arr)} sample(s); FD and the other metrics need 2 at "
-                        "least")
+    enough_images(len(arr), str(path))
     if n is not None and len(arr) < n:
         raise D2itError(f"{path}: holds {len(arr)} samples, metrics.n_samples asks for {n}")
     return torch.from_numpy(arr[:n]).permute(0, 3, 1, 2).contiguous()
@@ -75,6 +74,7 @@ def check_samples(path: Path, study: dict) -> None:
     if "arr_0" not in shapes:
         raise D2itError(f"{path}: not a sample file (no arr_0)")
     images = shapes["arr_0"]
+    enough_images(images[0] if images else 0, str(path))
     if len(images) == 4 and tuple(images[1:3]) != (resolution, resolution):
         raise D2itError(f"{path}: samples are {images[1]}x{images[2]} px, the study's "
                         f"data.resolution is {resolution}; samples of another study?")
@@ -95,6 +95,8 @@ def reference(study: dict, extractor, device: torch.device) -> dict:
         return adm_reference(Path(settings["reference"]), extractor, settings, device)
     manifest = Manifest.load(data["manifest"])
     split = settings["reference"]
+    enough_images(len(manifest.split(split)), f"{data['manifest']}: its {split} split (the "
+                  "reference, metrics.reference)")
     ref = reference_stats(lambda: ImageFolderDataset(manifest, split, data["resolution"]),
                           {"dataset": manifest.digest()[:12], "split": split,
                            "resolution": data["resolution"]},
