@@ -447,7 +447,7 @@ def _study_commands(sub) -> None:
     sp.add_argument("--dit-checkpoint", required=True, help="e.g. DiT-XL-2-256x256.pt")
     sp.add_argument("--vae", required=True,
                     help="SD-VAE folder (diffusers AutoencoderKL: config.json + weights)")
-    sp.add_argument("--study-scale", type=float, nargs="+", default=[1.5, 1.0],
+    sp.add_argument("--cfg-scale", type=float, nargs="+", default=[1.5, 1.0],
                     help="guidance scales (DiT's published: 1.5 -> 2.27, 1.0 -> 9.62)")
     sp.set_defaults(fn=cmd_study_anchor)
     sp = _with_config(st.add_parser("rehearse", help="the study's whole DAG at its model sizes, "
