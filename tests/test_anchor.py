@@ -60,7 +60,8 @@ def test_anchor_command_runs_end_to_end_on_stand_ins(tmp_path):
     inception = standins.inception_weights(tmp_path / "inception.pth")
     images = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     reference = standins.adm_reference(tmp_path / "ref.npz", images)
-    sets = ["sampling.n=4", "sampling.steps=2", "sampling.batch_size=4",
+    sets = ["data.resolution=64",  # the stand-in's images: metrics refuse another resolution
+            "sampling.n=4", "sampling.steps=2", "sampling.batch_size=4",
             f"metrics.reference={reference}", f"metrics.inception_weights={inception}",
             "metrics.bootstrap=0", "metrics.kid_subset_size=2", "tracking.uri=null",
             f"paths.runs={tmp_path / 'runs'}", f"paths.results={tmp_path / 'results'}"]
