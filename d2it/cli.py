@@ -291,8 +291,12 @@ def cmd_report_verdict(args) -> dict:
 def cmd_report_publish(args) -> dict:
     from d2it.report.publish import publish
 
+    from d2it.files import write_json_atomic
+
     plan = _plan(args)
-    return publish(plan, Path(args.to) if args.to else plan.published_dir.parent)
+    result = publish(plan, Path(args.to) if args.to else plan.published_dir.parent)
+    write_json_atomic(plan.results_dir / "published.json", result)  # the workflow's output
+    return result
 
 
 def cmd_report_curve(args) -> dict:

@@ -153,6 +153,8 @@ def test_documented_local_commands_plan_their_jobs(name, checkout):
         assert rules.count("paper_table") == 1 and "verdict" not in rules
     else:
         assert rules.count("publish") == 1
+        (publish,) = [job for job in jobs if job["rule"] == "publish"]
+        assert publish["output"] == ["results/cpu/published.json"]  # never a path git tracks
         assert {"paper_table", "curve_figure", "verdict"} <= set(rules)
 
 
@@ -311,6 +313,8 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     published = tmp_path / "results" / "published" / "tiny"
     manifest = json.loads((published / "PUBLISHED.json").read_text())
+    assert json.loads((tmp_path / "results/tiny/published.json").read_text())["files"] == \
+        len(manifest["files"])  # the rule's output: the record, outside the published copy
     assert manifest["files"]["verdict.md"] == hashlib.sha256(
         (tmp_path / "results/tiny/verdict.md").read_bytes()).hexdigest()
     targets = {target.relative_to(plan.results_dir).as_posix() for target in plan.targets()}

@@ -19,6 +19,7 @@ MANIFEST = "PUBLISHED.json"
 # Written beside the targets by their jobs (or by `d2it bench`, benchmarks/learnability.py).
 BESIDE = ("*.csv", "*.png", "*.md", "*.json", "metrics/**/*.json", "rows/**/*.json",
           "samples/*.png", "learnability/**/*")
+NOT_PUBLISHED = ("published.json",)  # the record of the last publish, under results/<study>/
 
 
 def published_files(plan) -> list[Path]:
@@ -29,7 +30,8 @@ def published_files(plan) -> list[Path]:
         raise D2itError(f"study {plan.name!r} is not finished: {missing[0]} is missing "
                         f"({len(missing)} of {len(plan.targets())} targets); run its workflow "
                         "first")
-    found = {p for pattern in BESIDE for p in plan.results_dir.glob(pattern) if p.is_file()}
+    found = {p for pattern in BESIDE for p in plan.results_dir.glob(pattern)
+             if p.is_file() and p.name not in NOT_PUBLISHED}
     return sorted(found)
 
 

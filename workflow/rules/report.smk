@@ -92,12 +92,13 @@ rule samples_figure:
 
 
 # The finished study copied to results/published/<study>/, the folder git and DVC keep (not part
-# of `all`: `snakemake --cores all publish`).
+# of `all`: `snakemake --cores all publish`). Its output is the record of the copy, under
+# results/<study>/: git never tracks a file at a Snakemake output path.
 rule publish:
     input:
         [str(path) for path in PLAN.targets()],
     output:
-        str(PLAN.published_dir / "PUBLISHED.json"),
+        f"{RESULTS}/published.json",
     params:
         config=study_config,
     log:
