@@ -20,6 +20,8 @@ from d2it.sample import RECORDED, planned_record
 from d2it.stage2 import run_record
 from tests_support import tiny_study
 
+pytestmark = pytest.mark.bad_input
+
 
 @pytest.fixture
 def config(trained, tmp_path):

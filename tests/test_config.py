@@ -42,6 +42,7 @@ def test_unknown_key_is_named(tmp_path):
         config.load(path)
 
 
+@pytest.mark.bad_input
 def test_the_published_folder_is_no_study_name(tmp_path):
     """results/published/<study> holds published copies: a study named `published` would
     write its outputs there."""
@@ -115,6 +116,7 @@ def test_overrides_read_numbers_as_typed_and_name_bad_yaml():
         study.load(CPU, ["sampling.seeds=[1"])
 
 
+@pytest.mark.bad_input
 @pytest.mark.e2e
 def test_cli_reports_one_line_error_and_exit_code_2(tmp_path):
     path = tmp_path / "c.yaml"
@@ -179,6 +181,7 @@ def test_config_readme_is_the_schema_with_every_key_described():
     (["train", "dvae", "--fine-ratio", "1.5"], "--fine-ratio: 1.5 is outside [0, 1]"),
     (["encode", "--fine-ratio", "x"], "--fine-ratio: 'x' is not a number"),
 ])
+@pytest.mark.bad_input
 def test_argument_errors_are_one_line_before_any_work(argv, cause, capsys):
     """Bad arguments: `d2it: error: ...` in one line (no usage block), exit 2; a second --config
     would otherwise have replaced the first in silence."""
@@ -191,6 +194,7 @@ def test_argument_errors_are_one_line_before_any_work(argv, cause, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.bad_input
 def test_a_yaml_syntax_error_is_one_line_naming_the_place(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: x\ntrain: {steps: 5\n")
@@ -201,6 +205,7 @@ def test_a_yaml_syntax_error_is_one_line_naming_the_place(tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.bad_input
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     """Ctrl-C of a command that does not checkpoint (sampling, metrics): one line, no traceback,
     the shell's exit code for SIGINT."""
@@ -214,6 +219,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "d2it: interrupted\n"
 
 
+@pytest.mark.bad_input
 def test_a_job_stops_itself_when_its_snakemake_is_gone():
     """The workflow exports its pid (D2IT_PARENT_PID); a job whose Snakemake was killed gets
     SIGTERM from its watcher (a training then checkpoints and exits), not to run on unseen."""

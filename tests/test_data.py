@@ -165,6 +165,7 @@ def test_truncated_png_is_named(tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.bad_input
 def test_an_image_changed_after_its_manifest_is_named_when_loaded(tmp_path):
     """A file truncated, or replaced by another valid image, after the manifest was made: its
     sha256 no longer matches, and reading it is one error naming it."""

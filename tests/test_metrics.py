@@ -152,6 +152,7 @@ def test_reference_statistics_are_computed_once(images, effnet_extractor, tmp_pa
             and again["n"] == 80)
 
 
+@pytest.mark.bad_input
 def test_missing_or_single_samples_are_named_before_any_work(dataset, images, tmp_path):
     """A missing file is named before the reference statistics are computed (minutes at paper
     scale); one sample, whose covariance does not exist, is one error rather than LinAlgError."""
@@ -177,6 +178,7 @@ def test_missing_or_single_samples_are_named_before_any_work(dataset, images, tm
     ({"arr_0": np.zeros((4, 32, 32, 3), np.uint8), "labels": np.array([0, 1])},
      "labels has 2 entries for 4 images"),
 ])
+@pytest.mark.bad_input
 def test_samples_of_another_study_are_refused_before_any_work(dataset, tmp_path, arrays, cause):
     """Samples of another resolution or class count (another study's), or labels that do not
     match their images: one error, before the reference statistics are computed."""
@@ -224,6 +226,7 @@ def test_metrics_cli_runs_offline(dataset, images, features, tmp_path):
     assert both["fd_effnet_60_std"] == pytest.approx(abs(first - second) / np.sqrt(2))
 
 
+@pytest.mark.bad_input
 def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeypatch):
     """A weights file of the real layout with random values, made here: the path works, the
     values mean nothing."""
@@ -271,6 +274,7 @@ def test_auto_falls_back_to_effnet_without_inception_weights(tmp_path, monkeypat
                 | {"inception_weights": str(tmp_path / "missing.pth")})
 
 
+@pytest.mark.bad_input
 def test_a_reference_split_too_small_for_precision_recall_is_named(tmp_path):
     """FFHQ scores against its training split; a split of fewer than 4 images (found by the
     FFHQ rehearsal's 2-image stand-in) is one error before any work, not torch-fidelity's

@@ -235,6 +235,7 @@ def test_keep_ckpts_keeps_the_newest_and_zero_none_once_final(tmp_path, keep):
     assert (tmp_path / "final.pt").is_file()
 
 
+@pytest.mark.bad_input
 def test_two_uninterrupted_runs_write_byte_identical_weights(tmp_path, monkeypatch):
     """final.pt and its snapshots: equal runs, here as if in two processes (temporary files are
     named by the pid), give files of equal sha256. torch names a file's records after its
@@ -313,6 +314,7 @@ def test_mlflow_mirrors_the_json_metrics(tmp_path):
     assert history == pytest.approx(logged) and len(logged) == 12
 
 
+@pytest.mark.bad_input
 def test_a_study_groups_its_trainings_and_evaluations_under_one_parent_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -357,6 +359,7 @@ def test_broken_tracking_warns_and_training_goes_on(tmp_path, caplog):
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 12
 
 
+@pytest.mark.bad_input
 def test_a_read_only_store_is_one_warning(tmp_path, caplog, capfd, monkeypatch):
     """An existing sqlite store this user cannot write (os.access says so; root may write any
     file): one warning line, no MLflow or SQLAlchemy traceback, training goes on."""

@@ -187,6 +187,7 @@ def test_published_results_leave_every_job_to_do_in_a_fresh_clone(checkout):
     assert not any("results/published" in out for job in jobs for out in job["output"])
 
 
+@pytest.mark.bad_input
 def test_nested_config_values_arrive_as_typed(checkout):
     """`--config 'train={steps: 5}'`: Snakemake reads nested values as strings; the workflow
     reads them as `d2it --set` does, merged into the study's own section."""
