@@ -66,7 +66,7 @@ def dry_run(args: list, cwd: Path) -> list[dict]:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     jobs = []
     for line in (proc.stdout + proc.stderr).splitlines():
-        if m := re.match(r"rule (\w+):$", line):
+        if m := re.match(r"(?:local)?rule (\w+):$", line):
             jobs.append({"rule": m[1], "output": [], "shell": ""})
         elif (m := re.match(r"    output: (.*)$", line)) and jobs:
             jobs[-1]["output"] = m[1].split(", ")
@@ -306,7 +306,8 @@ def test_two_studies_run_in_one_checkout_without_touching_each_other(tmp_path):
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
     longer = {**first, "train": {**first["train"], "steps": first["train"]["steps"] + 1}}
     (tmp_path / "longer.yaml").write_text(yaml.safe_dump(longer))
-    assert "train_model" in {job["rule"] for job in dry_run([*keep, "longer.yaml"], tmp_path)}
+    jobs = dry_run([*keep, "longer.yaml"], tmp_path)
+    assert "train_model" in {job["rule"] for job in jobs}, jobs
     # published: a copy of every target with its sha256; a clone holding only that copy (what
     # git keeps) remakes everything, runs first
     proc = subprocess.run([*args, "publish", "--configfile", "tiny.yaml"], capture_output=True,

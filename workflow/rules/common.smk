@@ -1,4 +1,5 @@
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -119,6 +120,18 @@ def model_args(wildcards) -> str:
     return f"--spec {run.spec} --seed {run.seed}{ratio}"
 
 
+def recorded(name: str, inputs: list) -> list:
+    """`inputs` and a record of them, {RESULTS}/.inputs/<name>.json, rewritten only when they
+    change. A table or figure made from other sample sets than the plan now names is then older
+    than its record, so `--rerun-triggers mtime` (which ignores a changed list of inputs, and
+    counts a missing one as deleted to save space) still remakes it, and the runs it needs."""
+    record = Path(RESULTS) / ".inputs" / f"{name}.json"
+    text = json.dumps(sorted(map(str, inputs)), indent=0) + "\n"
+    if not record.is_file() or record.read_text() != text:
+        write_text_atomic(record, text)
+    return [*inputs, str(record)]
+
+
 def sample_inputs(wildcards) -> dict:
     """The runs a sample set reads: its model, its grain model, the DVAE that decodes, the cache
     (held-out grain maps)."""
@@ -136,7 +149,7 @@ def table_inputs(wildcards) -> list:
     inputs = [ss.metrics for ss in sets]
     if STUDY["metrics"]["class_score"]:  # each row's decode ceiling
         inputs += sorted({PLAN.recon_json(PLAN.dvae_of(ss.run)) for ss in sets})
-    return inputs
+    return recorded(wildcards.table, inputs)
 
 
 def metrics_inputs(wildcards) -> dict:
@@ -152,12 +165,14 @@ def recon_inputs(wildcards) -> Path:
 def curve_inputs(wildcards) -> list:
     sets = PLAN.curves[wildcards.fig]
     recon = [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()] if wildcards.fig == "fig5" else []
-    return [ss.metrics for ss in sets] + recon
+    return recorded(wildcards.fig, [ss.metrics for ss in sets] + recon)
 
 
-def samples_of(sets: list) -> list:
-    """The .npz files a figure of samples shows (Figs. 3 and 4, the grain maps)."""
-    return [ss.npz for ss in sets]
+def samples_of(name: str, sets: list) -> dict:
+    """The .npz files a figure of samples shows (Figs. 3 and 4, the grain maps), and their
+    record."""
+    *samples, record = recorded(name, [ss.npz for ss in sets])
+    return {"samples": samples, "record": record}
 
 
 def verdict_inputs(wildcards) -> list:
@@ -165,9 +180,8 @@ def verdict_inputs(wildcards) -> list:
     sets += [ss for curve in PLAN.curves.values() for ss in curve]
     sets += PLAN.control[1] if PLAN.control else []  # the positive control's half-way sets
     inputs = [ss.metrics for ss in sets] + [PLAN.recon_json(run) for run in PLAN.fig5_dvaes()]
-    return inputs
+    return recorded("verdict", inputs)
 
 
 def recon_table_inputs(wildcards) -> list:
-    inputs = [PLAN.recon_json(run) for run in PLAN.recon]
-    return inputs
+    return recorded("dvae_recon", [PLAN.recon_json(run) for run in PLAN.recon])

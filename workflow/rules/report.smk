@@ -40,7 +40,7 @@ if PLAN.grain_check():
 
     rule grain_maps_figure:
         input:
-            lambda w: samples_of(PLAN.grain_check()),
+            unpack(lambda w: samples_of("grain_maps", PLAN.grain_check())),
         output:
             png=report(str(PLAN.grain_maps_png), caption="../report/grain_maps.rst",
                        category="Figures"),
@@ -71,7 +71,7 @@ rule verdict:
 # Fig. 3: samples beside their grain maps (red = fine, blue = coarse); Fig. 4: one row per class.
 rule samples_figure:
     input:
-        lambda w: samples_of([PLAN.figures[w.fig]]),
+        unpack(lambda w: samples_of(w.fig, [PLAN.figures[w.fig]])),
     output:
         report(f"{RESULTS}/{{fig}}.png", caption="../report/samples_figure.rst",
                category="Figures"),
@@ -87,7 +87,7 @@ rule samples_figure:
     log:
         f"{LOGS}/{{fig}}.log",
     shell:
-        "d2it report samples --config {params.config} --samples {input} {params.by_class} "
+        "d2it report samples --config {params.config} --samples {input.samples} {params.by_class} "
         "--per-row {params.per_row} --title {params.title:q} --out {output} > {log} 2>&1"
 
 

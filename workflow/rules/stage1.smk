@@ -63,7 +63,9 @@ rule dvae_table:
         recon_table_inputs,
     output:
         report(str(PLAN.recon_csv), caption="../report/dvae_table.rst", category="Tables"),
+    params:
+        metrics=[str(PLAN.recon_json(run)) for run in PLAN.recon],
     log:
         f"{LOGS}/dvae_table.log",
     shell:
-        "d2it report recon --out {output} {input} > {log} 2>&1"
+        "d2it report recon --out {output} {params.metrics} > {log} 2>&1"
