@@ -1,3 +1,4 @@
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ from d2it.data.manifest import Manifest
 from d2it.data.synth import synthesize
 from d2it.files import write_json_atomic
 from d2it.grain import compute_thresholds
-from tests_support import N_HELDOUT, N_TRAIN, tiny_study
+from tests_support import (HELD, INTERRUPTED, N_HELDOUT, N_TRAIN, ONE_LINE, SEEN, WARNED,
+                           tiny_study)
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +69,29 @@ def models(trained, latent_cache):
                               0.5 if kind == "grain" else None)
         assert summary["steps"] == 3 and np.isfinite(summary["final"]["loss"])
     return {kind: run.folder for kind, run in runs.items()}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The bad-input suite's totals: what a user saw in each case (issue 25 asks for 0
+    tracebacks, 0 silently wrong results, one-line errors with exit 2, nothing left behind)."""
+    if not SEEN:
+        return
+    tests = {test for test, _ in SEEN}
+    failed = [r.nodeid for r in terminalreporter.stats.get("failed", []) if r.nodeid in tests]
+    leftovers = Counter(o for _, o in SEEN if "left behind" in o)
+    outcomes = Counter(o for _, o in SEEN if "left behind" not in o)
+    out = terminalreporter
+    out.section("bad input: what a user saw")
+    if out.verbosity > 0:  # -v: each case and what it saw
+        for test, outcome in SEEN:
+            out.write_line(f"{test.split('::', 1)[1][:60]:60s}  {outcome}")
+    out.write_line(f"{len(tests)} tests, {len(failed)} failed")
+    for outcome, n in outcomes.most_common():
+        out.write_line(f"{n:5d}  {outcome}")
+    tracebacks = sum(n for o, n in outcomes.items() if o.startswith("traceback"))
+    other = sum(n for o, n in outcomes.items() if o not in (ONE_LINE, HELD, WARNED, INTERRUPTED)) - tracebacks
+    left = sum(n for o, n in leftovers.items() if o != "nothing left behind")
+    checked = sum(leftovers.values())
+    silent = len([t for t in failed if (t, HELD) in SEEN])
+    out.write_line(f"tracebacks {tracebacks}, messy errors {other}, silently wrong {silent}, "
+                   f"left behind {left} of {checked} checked")

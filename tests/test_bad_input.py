@@ -18,7 +18,7 @@ from d2it.errors import D2itError
 from d2it.files import write_json_atomic
 from d2it.sample import RECORDED, planned_record
 from d2it.stage2 import run_record
-from tests_support import tiny_study
+from tests_support import ONE_LINE, cli_outcome, error_outcome, left_behind, tiny_study
 
 pytestmark = pytest.mark.bad_input
 
@@ -44,12 +44,10 @@ def snapshot(folder):
 def one_error(capsys, *argv) -> str:
     """The message of the one error line the command printed (asserting it is only that)."""
     capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
+    code = main([str(a) for a in argv])
     err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    (line,) = [x for x in err.splitlines() if "error" in x]  # beside logs and progress bars
-    assert line.startswith("d2it: error: ") and err.endswith(line)
-    return line.removeprefix("d2it: error: ")
+    assert cli_outcome(code, err) == ONE_LINE  # beside logs and progress bars, last
+    return err.splitlines()[-1].removeprefix("d2it: error: ")
 
 
 def cut_in_half(path):
@@ -101,7 +99,7 @@ def test_an_edited_cache_meta_is_named_and_a_run_records_its_cache(
                         "--latents", cache, "--out", tmp_path / "run")
     assert message == (f"{cache / 'meta.json'}: changed since the cache was written (its digest "
                        "no longer matches); re-encode with `d2it encode`")
-    assert not (tmp_path / "run").exists()
+    assert not left_behind(tmp_path / "run")
     record = run_record(yaml.safe_load(config.read_text()), "dit", 0, LatentCache(latent_cache))
     assert record["inputs"] == {"latent_cache": LatentCache(latent_cache).digest}
 
@@ -130,7 +128,7 @@ def test_a_broken_thresholds_file_is_named(trained, capsys, tmp_path, content):
                            "`d2it grain thresholds`")
     else:
         assert message.startswith(f"{thresholds}: not a grain thresholds file (")
-    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+    assert not left_behind(tmp_path / "run")  # refused before the run folder is made
 
 
 def test_runs_of_the_wrong_kind_are_named(config, trained, models, capsys, tmp_path):
@@ -144,7 +142,7 @@ def test_runs_of_the_wrong_kind_are_named(config, trained, models, capsys, tmp_p
     message = one_error(capsys, "encode", "--config", config, "--run-dir", models["dit"],
                         "--out", tmp_path / "latents")
     assert message.startswith(f"{models['dit']}: not a DVAE run")
-    assert not list(tmp_path.glob("s*.npz")) and not (tmp_path / "latents").exists()
+    assert not left_behind(*tmp_path.glob("s*.npz"), tmp_path / "latents")
 
 
 def test_weights_that_do_not_fit_the_recorded_network_are_named(config, models, capsys, tmp_path):
@@ -173,7 +171,7 @@ def test_an_error_in_a_dataloader_worker_is_one_line(trained, capsys, tmp_path):
     message = one_error(capsys, "grain", "thresholds", "--config", config,
                         "--out", tmp_path / "t.json")
     assert message.startswith(f"{broken}: ")
-    assert not (tmp_path / "t.json").exists()
+    assert not left_behind(tmp_path / "t.json")
 
 
 def test_a_truncated_manifest_is_named(trained, capsys, tmp_path):
@@ -212,12 +210,14 @@ def test_samples_that_are_not_the_planned_set_are_named(tmp_path):
     write_json_atomic(found.record, record)
     assert planned_record(found) == record
     write_json_atomic(found.record, {**record, "cfg_scale": 4.0})
-    with pytest.raises(D2itError, match=r"not the planned set .*cfg_scale: 4.0, planned 1"):
+    with pytest.raises(D2itError, match=r"not the planned set .*cfg_scale: 4.0, planned 1") as e:
         planned_record(found)
+    assert error_outcome(e.value) == ONE_LINE
     other = plan.table_rows("table2")[0].sample_sets[0]  # DiT's run
     write_json_atomic(found.record, {**record, "run": str(other.run.folder)})
-    with pytest.raises(D2itError, match=r"not the planned set .*run: "):
+    with pytest.raises(D2itError, match=r"not the planned set .*run: ") as e:
         planned_record(found)
+    assert error_outcome(e.value) == ONE_LINE
 
 
 @pytest.mark.parametrize("argv", [
@@ -233,14 +233,16 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(argv, tmp_p
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     config = ["--config", "config/quick.yaml"]
-    assert main([*[a.format(blocked=blocked) for a in argv], *config]) == 2
-    assert "is a file, not a folder" in capsys.readouterr().err
+    code = main([*[a.format(blocked=blocked) for a in argv], *config])
+    err = capsys.readouterr().err
+    assert cli_outcome(code, err) == ONE_LINE and "is a file, not a folder" in err
     folder = tmp_path / "read-only"
     folder.mkdir()
     real = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: (
         False if Path(path) == folder else real(path, mode)))  # root may write anywhere
-    assert main([*[a.format(blocked=folder) for a in argv], *config]) == 2
+    code = main([*[a.format(blocked=folder) for a in argv], *config])
     err = capsys.readouterr().err
-    assert f"the folder {folder} is read-only" in err and len(err.strip().splitlines()) == 1
-    assert list(folder.iterdir()) == []
+    assert cli_outcome(code, err) == ONE_LINE and len(err.strip().splitlines()) == 1
+    assert f"the folder {folder} is read-only" in err
+    assert not left_behind(*folder.iterdir())

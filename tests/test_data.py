@@ -10,6 +10,7 @@ from d2it.data.folder import ImageFolderDataset, center_crop, prepare, read_imag
 from d2it.data.manifest import Manifest
 from d2it.data.synth import CLASSES, LOOK, render, synthesize
 from d2it.errors import D2itError
+from tests_support import ONE_LINE, error_outcome
 
 
 def tree_bytes(root):
@@ -177,6 +178,7 @@ def test_an_image_changed_after_its_manifest_is_named_when_loaded(tmp_path):
     cut = tmp_path / "s" / train[3].path
     cut.write_bytes(cut.read_bytes()[:100])
     for i, victim in ((2, replaced), (3, cut)):
-        with pytest.raises(D2itError, match=f"{victim.name}: changed since its manifest"):
+        with pytest.raises(D2itError, match=f"{victim.name}: changed since its manifest") as e:
             ds[i]
+        assert error_outcome(e.value) == ONE_LINE
     assert ds[4][0].shape == (3, 32, 32)  # the others read as before

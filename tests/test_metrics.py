@@ -19,6 +19,7 @@ from d2it.metrics.effnet import INPUT_SIZE, load_network, normalise_uint8_range
 from d2it.metrics.evaluate import (UInt8Images, adm_reference, compare, extract, frechet_distance,
                                    frechet_distance_to, reference_stats)
 from d2it.metrics.extractors import INCEPTION_FILE, metric_key, resolve
+from tests_support import ONE_LINE, error_outcome, left_behind
 from torch_fidelity.metric_fid import fid_features_to_statistics
 
 CPU = torch.device("cpu")
@@ -161,13 +162,14 @@ def test_missing_or_single_samples_are_named_before_any_work(dataset, images, tm
     cfg = config.validate({"name": "t", "data": {"manifest": str(dataset), "resolution": 32},
                            "grain": {"region": 4}, "dvae": {"preset": "tiny"},
                            "metrics": {"reference_dir": str(tmp_path / "ref")}})
-    with pytest.raises(D2itError, match=r"nope\.npz: no such sample file or folder"):
+    with pytest.raises(D2itError, match=r"nope\.npz: no such sample file or folder") as e:
         evaluate_samples(cfg, [tmp_path / "nope.npz"], tmp_path / "m.json")
-    assert not (tmp_path / "ref").exists()
+    assert error_outcome(e.value) == ONE_LINE and not left_behind(tmp_path / "ref")
     np.savez(tmp_path / "one.npz", arr_0=images[:1].permute(0, 2, 3, 1).numpy())
     with pytest.raises(D2itError, match=r"one\.npz: 1 image\(s\); precision / recall \(3 "
-                       r"nearest neighbours\) need 4 at least"):
+                       r"nearest neighbours\) need 4 at least") as e:
         evaluate_samples(cfg, [tmp_path / "one.npz"], tmp_path / "m.json")
+    assert error_outcome(e.value) == ONE_LINE
 
 
 @pytest.mark.parametrize("arrays,cause", [
@@ -189,9 +191,10 @@ def test_samples_of_another_study_are_refused_before_any_work(dataset, tmp_path,
                            "grain": {"region": 4}, "dvae": {"preset": "tiny"},
                            "metrics": {"reference_dir": str(tmp_path / "ref")}})
     np.savez(tmp_path / "s.npz", **arrays)
-    with pytest.raises(D2itError, match=re.escape(cause)):
+    with pytest.raises(D2itError, match=re.escape(cause)) as e:
         evaluate_samples(cfg, [tmp_path / "s.npz"], tmp_path / "m.json")
-    assert not (tmp_path / "ref").exists() and not (tmp_path / "m.json").exists()
+    assert error_outcome(e.value) == ONE_LINE
+    assert not left_behind(tmp_path / "ref", tmp_path / "m.json")
 
 
 @pytest.mark.e2e
@@ -258,11 +261,13 @@ def test_inception_path_runs_with_a_given_weights_file(images, tmp_path, monkeyp
         adm_reference(tmp_path / "bad.npz", extractor, cfg, CPU)
     # a missing or damaged file is named as such, whatever the extractor
     effnet = resolve(config.validate({"name": "t"})["metrics"] | {"extractor": "effnet"})
-    with pytest.raises(D2itError, match="no such ADM reference batch"):
+    with pytest.raises(D2itError, match="no such ADM reference batch") as e:
         adm_reference(tmp_path / "nope.npz", effnet, cfg, CPU)
+    assert error_outcome(e.value) == ONE_LINE
     (tmp_path / "cut.npz").write_bytes((tmp_path / "VIRTUAL_ref.npz").read_bytes()[:100])
-    with pytest.raises(D2itError, match="cut.npz: not a readable .npz"):
+    with pytest.raises(D2itError, match="cut.npz: not a readable .npz") as e:
         adm_reference(tmp_path / "cut.npz", extractor, cfg, CPU)
+    assert error_outcome(e.value) == ONE_LINE
 
 
 def test_auto_falls_back_to_effnet_without_inception_weights(tmp_path, monkeypatch):
@@ -289,6 +294,7 @@ def test_a_reference_split_too_small_for_precision_recall_is_named(tmp_path):
                            "metrics": {"reference": "train",
                                        "reference_dir": str(tmp_path / "ref")}})
     np.savez(tmp_path / "x.npz", arr_0=np.zeros((4, 32, 32, 3), np.uint8))
-    with pytest.raises(D2itError, match=r"its train split .*: 2 image\(s\); precision / recall"):
+    with pytest.raises(D2itError,
+                       match=r"its train split .*: 2 image\(s\); precision / recall") as e:
         evaluate_samples(cfg, [tmp_path / "x.npz"], tmp_path / "m.json")
-    assert not (tmp_path / "ref").exists()
+    assert error_outcome(e.value) == ONE_LINE and not left_behind(tmp_path / "ref")

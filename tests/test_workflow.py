@@ -14,7 +14,7 @@ import yaml
 
 from d2it import launch
 from d2it import study as studies
-from tests_support import tiny_study
+from tests_support import HELD, saw, tiny_study
 
 pytestmark = pytest.mark.e2e  # Snakemake, torchrun or SLURM: subprocesses
 
@@ -198,6 +198,7 @@ def test_nested_config_values_arrive_as_typed(checkout):
     resolved = yaml.safe_load((checkout / job_config).read_text())
     assert resolved["train"]["steps"] == 5 and resolved["train"]["lr"] == 0.001
     assert resolved["train"]["batch_size"] == 32 and resolved["sampling"]["n"] == 7
+    saw(HELD)
 
 
 def test_one_study_at_a_time(checkout):

@@ -1,5 +1,6 @@
-"""Constants and the tiny study shared by the tests."""
+"""Constants, the tiny study and the bad-input suite's tally, shared by the tests."""
 import copy
+import os
 from pathlib import Path
 
 N_TRAIN, N_HELDOUT = 160, 40
@@ -28,3 +29,50 @@ def tiny_study(root: Path, dataset: Path, **sections) -> dict:
     }
     study.update(copy.deepcopy(sections))
     return study
+
+
+# What the bad-input suite saw, (test, outcome), each observed before the test's assertions;
+# conftest.py totals them at the end of the run (`pytest -m bad_input`).
+SEEN: list[tuple[str, str]] = []
+ONE_LINE = "one line `d2it: error: ...`, exit 2"
+HELD = "held: the right result, no error"
+WARNED = "one warning line, the work goes on"
+INTERRUPTED = "one line `d2it: interrupted`, exit 130"
+
+
+def saw(outcome: str) -> str:
+    """Records what the running test saw and returns it, for the test to assert on."""
+    SEEN.append((os.environ["PYTEST_CURRENT_TEST"].split(" ")[0], outcome))
+    return outcome
+
+
+def cli_outcome(code: int, err: str) -> str:
+    """What a user of the CLI saw, from its exit code and stderr: logs and progress bars may come
+    first, but the one error line is the last, and there is no second one."""
+    if "Traceback" in err:
+        return saw("traceback")
+    if code == 130 and err == "d2it: interrupted\n":
+        return saw(INTERRUPTED)
+    errors = [line for line in err.splitlines() if "error" in line]
+    if code == 2 and len(errors) == 1 and errors[0].startswith("d2it: error: "):
+        return saw(ONE_LINE if err.strip().endswith(errors[0]) else "error line not last")
+    if len(errors) > 1:
+        return saw("several error lines")
+    return saw(f"exit {code}, {len(errors)} error line(s)")
+
+
+def error_outcome(error: Exception) -> str:
+    """What the CLI shows for an error raised inside a command: `d2it.cli` prints a D2itError as
+    `d2it: error: <message>` with exit 2 (test_cli_reports_one_line_error_and_exit_code_2)."""
+    from d2it.errors import D2itError
+
+    if not isinstance(error, D2itError):
+        return saw(f"traceback ({type(error).__name__})")
+    return cli_outcome(2, f"d2it: error: {error}\n")
+
+
+def left_behind(*paths: Path) -> list[Path]:
+    """Those of `paths` that exist after a refused command; recorded when there are any."""
+    found = [p for p in paths if Path(p).exists()]
+    saw(f"left behind: {len(found)} path(s)" if found else "nothing left behind")
+    return found
