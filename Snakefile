@@ -18,19 +18,20 @@ onstart:
     # side by side (each job would otherwise race to create them)
     from d2it import tracking
 
-    tracking.prepare(STUDY["tracking"], STUDY["name"])
+    tracking.prepare(STUDY["tracking"], STUDY["name"], STUDY)
 
 
 onsuccess:
+    # the parent run ends with the workflow, holding what it made (tables, figures, verdicts)
     from d2it import tracking
 
-    tracking.finish(STUDY["tracking"], STUDY["name"], "FINISHED")
+    tracking.finish(STUDY["tracking"], STUDY["name"], "FINISHED", [*PLAN.targets(), STUDY_FILE])
 
 
 onerror:
     from d2it import tracking
 
-    tracking.finish(STUDY["tracking"], STUDY["name"], "FAILED")
+    tracking.finish(STUDY["tracking"], STUDY["name"], "FAILED", [*PLAN.targets(), STUDY_FILE])
 
 
 rule all:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from d2it.errors import D2itError
-from d2it.files import check_writable
+from d2it.files import check_writable, read_json
 
 
 class _Parser(argparse.ArgumentParser):
@@ -174,11 +174,21 @@ def cmd_metrics(args) -> dict:
         found = plan.find_sample_set(args.sample_set)
         out = Path(args.out) if args.out else found.metrics
         check_writable(out)
-        return evaluate_samples(plan.study, [found.npz], out, [planned_record(found)])
+        recon = plan.recon_of(found)
+        context = {"uses": plan.uses(found), "spec": found.run.spec,
+                   "recon": _recon_scores(recon) if recon and recon.exists() else {}}
+        return evaluate_samples(plan.study, [found.npz], out, [planned_record(found)], context)
     if not args.out:
         raise D2itError("d2it metrics --samples needs --out (the metrics JSON to write)")
     check_writable(args.out)
     return evaluate_samples(_study(args), [Path(p) for p in args.samples], Path(args.out))
+
+
+def _recon_scores(path: Path) -> dict:
+    """rFD and PSNR from a DVAE's reconstruction JSON (`d2it eval recon`), by protocol-free name."""
+    found = read_json(path, "reconstruction scores", "remake them with `d2it eval recon`")
+    rfd = [k for k in found if k.startswith(("rfd", "rfid"))]
+    return {"rfd": found[rfd[0]], "psnr_db": found["psnr"]} if rfd else {"psnr_db": found["psnr"]}
 
 
 def _dvae_dir(args, plan) -> Path:

@@ -433,6 +433,22 @@ class Plan:
     def recon_json(self, run: Run) -> Path:
         return self.results_dir / "metrics" / "dvae" / f"{run.folder.name}.json"
 
+    def recon_of(self, found: SampleSet) -> Path | None:
+        """The reconstruction scores of the DVAE under a sample set's run, where the study
+        evaluates that DVAE anyway (Table 1, Fig. 5); else None."""
+        dvae = self.dvae_of(found.run)
+        evaluated = {run.key for run in [*self.recon, *self.fig5_dvaes()]}
+        return self.recon_json(dvae) if dvae.key in evaluated else None
+
+    def uses(self, found: SampleSet) -> list[str]:
+        """Where the study shows a sample set: table rows (`table2/dit_xl`), then figures."""
+        rows = [f"{row.table}/{row.id}" for row in self.rows
+                if found.name in {ss.name for ss in row.sample_sets}]
+        curves = [fig for fig, sets in self.curves.items()
+                  if found.name in {ss.name for ss in sets}]
+        shown = [fig for fig, ss in self.figures.items() if ss.name == found.name]
+        return rows + curves + shown
+
     @property
     def recon_csv(self) -> Path:
         return self.results_dir / "dvae_recon.csv"

@@ -18,6 +18,7 @@ from d2it.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
+
 def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -29,6 +30,7 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
+
 def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -37,6 +39,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
 
 def study_parent(client, experiment_id: str, study: str) -> str:
     """The MLflow run that groups a study's runs (trainings, sample sets, evaluations) as its
@@ -112,24 +115,33 @@ def open_study(uri: str, experiment: str, study: str | None):
     return client, exp_id, parent
 
 
-def prepare(tracking: dict, study: str) -> None:
+def prepare(tracking: dict, study: str, settings: dict | None = None) -> None:
     """Create the store, the study's experiment and its parent run before any job starts (the
-    workflow's onstart), the parent marked RUNNING while the workflow runs; a failure only
-    warns, as in every job."""
-    set_study_status(tracking, study, "RUNNING")
+    workflow's onstart), the parent marked RUNNING while the workflow runs and holding the
+    study's settings as params; a failure only warns, as in every job."""
+    set_study_status(tracking, study, "RUNNING", settings=settings)
 
 
-def finish(tracking: dict, study: str, status: str) -> None:
+def finish(tracking: dict, study: str, status: str, artifacts: list[Path] = ()) -> None:
     """The study's parent run ended with the workflow (its onsuccess / onerror): FINISHED or
-    FAILED, not left RUNNING."""
-    set_study_status(tracking, study, status)
+    FAILED, not left RUNNING, with the study's tables, figures and verdicts as artifacts."""
+    set_study_status(tracking, study, status, artifacts=artifacts)
 
 
-def set_study_status(tracking: dict, study: str, status: str) -> None:
+def set_study_status(tracking: dict, study: str, status: str, settings: dict | None = None,
+                     artifacts: list[Path] = ()) -> None:
     if not tracking.get("uri"):
         return
     try:
-        client, _, parent = open_study(tracking["uri"], tracking["experiment"], study)
+        client, exp_id, parent = open_study(tracking["uri"], tracking["experiment"], study)
+        if settings:
+            # MLflow 3 opens an experiment of unknown kind in its GenAI view (traces): this is
+            # model training, whose view is the runs table
+            client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+            _log_settings(client, parent, settings)
+        for path in artifacts:
+            if Path(path).is_file():
+                client.log_artifact(parent, str(path))
         if status == "RUNNING":
             client.update_run(parent, status="RUNNING")
         else:
@@ -139,8 +151,25 @@ def set_study_status(tracking: dict, study: str, status: str) -> None:
                     type(e).__name__, e)
 
 
-def log_evaluation(tracking: dict, study: str, name: str, params: dict, metrics: dict,
-                   artifacts: list[Path]) -> str | None:
+def _log_settings(client, run_id: str, settings: dict) -> None:
+    """The study's settings as params of its run. MLflow params cannot change: a study run again
+    with other settings keeps its first values, says which changed, and tags the commit."""
+    from mlflow.entities import Param
+
+    logged = client.get_run(run_id).data.params
+    params = {k: str(v)[:6000] for k, v in flatten(settings).items()}
+    changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
+    if changed:
+        log.warning("MLflow: study run %s keeps its first params; changed since: %s", run_id,
+                    ", ".join(changed))
+    new = [Param(k, v) for k, v in params.items() if k not in logged]
+    for start in range(0, len(new), 100):  # MLflow takes 100 params per batch
+        client.log_batch(run_id, params=new[start:start + 100])
+    client.set_tag(run_id, "d2it.commit", git_commit())
+
+
+def log_evaluation(tracking: dict, study: str, run_name: str, params: dict, metrics: dict,
+                   artifacts: list[Path], tags: dict | None = None) -> str | None:
     """One evaluation (a sample set's metrics) as a child run of the study: its numbers under the
     same names for every model, its settings as params, its sample grid as an artifact. Returns
     the run id, or None when tracking is off or fails (the metrics JSON has every number)."""
@@ -150,8 +179,9 @@ def log_evaluation(tracking: dict, study: str, name: str, params: dict, metrics:
         from mlflow.entities import Metric, Param
 
         client, exp_id, parent = open_study(tracking["uri"], tracking["experiment"], study)
-        tags = {"mlflow.parentRunId": parent, "d2it.study": study, "d2it.role": "evaluation"}
-        run_id = client.create_run(exp_id, run_name=f"metrics:{name}", tags=tags).info.run_id
+        tags = {"mlflow.parentRunId": parent, "d2it.study": study, "d2it.role": "evaluation",
+                **(tags or {})}
+        run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         now = int(time.time() * 1000)
         client.log_batch(run_id,
                          metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
@@ -162,7 +192,7 @@ def log_evaluation(tracking: dict, study: str, name: str, params: dict, metrics:
         client.set_terminated(run_id)
         return run_id
     except Exception as e:  # noqa: BLE001 - tracking never fails an evaluation
-        log.warning("MLflow: evaluation %s not logged (%s: %s)", name, type(e).__name__, e)
+        log.warning("MLflow: evaluation %s not logged (%s: %s)", run_name, type(e).__name__, e)
         return None
 
 

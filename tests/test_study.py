@@ -263,3 +263,21 @@ def test_plan_targets_and_paths_are_per_study(tmp_path):
     assert ours and not ours & theirs
     assert not ({str(r.folder) for r in cpu.runs.values()}
                 & {str(r.folder) for r in other.runs.values()})
+
+
+def test_a_sample_set_knows_where_the_plan_shows_it_and_its_dvaes_scores():
+    """`Plan.uses` and `Plan.recon_of`, what MLflow shows beside a set's metrics: the rows and
+    figures that read the set, and the reconstruction JSON of its DVAE where the study scores
+    that DVAE (the CPU study's Table 1 scores r = 0.5 and DiT's r = 1; with r = 1 taken out of
+    Table 1, DiT's has none)."""
+    plan = studies.plan(studies.load(CONFIGS / "cpu.yaml"))
+    dit, d2it = (row.sample_sets[0] for row in plan.table_rows("table2")[:2])
+    assert plan.uses(d2it)[0] == f"table2/{plan.table_rows('table2')[1].id}"
+    assert plan.uses(dit)[0] == f"table2/{plan.table_rows('table2')[0].id}"
+    for fig, sets in plan.curves.items():
+        assert all(fig in plan.uses(ss) for ss in sets)
+    dvae = plan.dvae_of(d2it.run)
+    assert dvae.fine_ratio == 0.5 and plan.recon_of(d2it) == plan.recon_json(dvae)
+    assert plan.recon_of(dit) == plan.recon_json(plan.dvae_of(dit.run))
+    unscored = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["recon.fine_ratios=[0.25]"]))
+    assert unscored.recon_of(unscored.table_rows("table2")[0].sample_sets[0]) is None

@@ -57,3 +57,56 @@ def test_a_metrics_line_cut_off_by_a_kill_does_not_block_the_resume(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
     Tracker(tmp_path, None, "exp", "run", {}, {}, resume_step=2)
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines[:2]
+
+
+def test_an_evaluation_run_shows_its_row_fd_interval_and_recon(tmp_path):
+    """A metrics child run: named by its row and FD with its interval (what the runs list shows
+    with no column added), metrics under protocol-free names with `_lo` / `_hi`, the DVAE's
+    reconstruction scores, the protocol as a param."""
+    from mlflow.tracking import MlflowClient
+
+    from d2it.metrics.job import _log_evaluation
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = {"name": "s", "tracking": {"uri": uri, "experiment": "t"}}
+    values = {"fd_effnet_1k": 214.62, "fd_effnet_1k_ci95": [208.93, 220.31], "class_acc": 0.5,
+              "class_acc_ci95": [0.46, 0.54], "is_effnet_1k": 2.0}
+    names = {"fd": "fd_effnet_1k", "is": "is_effnet_1k", "class_acc": "class_acc"}
+    context = {"uses": ["table2/dit_xl", "fig6"], "spec": "dit",
+               "recon": {"rfd": 50.9, "psnr_db": 24.9}}
+    _log_evaluation(study, tmp_path / "dit-x.npz", values, names, "1000 samples vs train",
+                    {"kind": "dit", "seed": 0}, context)
+    client = MlflowClient(uri)
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("t").experiment_id])
+              if r.data.tags.get("d2it.role") == "evaluation"]
+    assert run.info.run_name == "table2/dit_xl fig6 dit: FD 214.6 [208.9, 220.3]"
+    assert run.data.metrics == {"fd": 214.62, "fd_lo": 208.93, "fd_hi": 220.31, "is": 2.0,
+                                "class_acc": 0.5, "class_acc_lo": 0.46, "class_acc_hi": 0.54,
+                                "recon_rfd": 50.9, "recon_psnr_db": 24.9}
+    assert run.data.params["protocol"] == "1000 samples vs train"
+    assert run.data.params["metric_names"].startswith("fd=fd_effnet_1k, is=is_effnet_1k")
+    assert run.data.tags["d2it.uses"] == "table2/dit_xl, fig6" and run.data.tags["d2it.spec"] == "dit"
+
+
+def test_the_study_run_holds_its_settings_and_what_it_made(tmp_path, caplog):
+    """The parent run: the study's settings as params at the start (kept when a rerun changes
+    one, which is named), its outputs as artifacts at the end, the experiment opened in the runs
+    view rather than MLflow 3's GenAI view."""
+    from mlflow.tracking import MlflowClient
+
+    from d2it.tracking import finish, prepare
+
+    tracking = {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t"}
+    prepare(tracking, "s", {"name": "s", "train": {"steps": 5, "lr": 1e-3}})
+    table = tmp_path / "table2.csv"
+    table.write_text("row,fd\n")
+    finish(tracking, "s", "FINISHED", [table, tmp_path / "not-made.png"])
+    prepare(tracking, "s", {"name": "s", "train": {"steps": 9, "lr": 1e-3}})
+    assert "keeps its first params; changed since: train.steps" in caplog.text
+    client = MlflowClient(tracking["uri"])
+    experiment = client.get_experiment_by_name("t")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,) = client.search_runs([experiment.experiment_id])
+    assert parent.data.params == {"name": "s", "train.steps": "5", "train.lr": "0.001"}
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["table2.csv"]
+    assert parent.data.tags["d2it.commit"] and parent.info.status == "RUNNING"

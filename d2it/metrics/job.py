@@ -131,24 +131,63 @@ def class_scorer(study: dict):
     return score
 
 
-def _log_evaluation(study: dict, path: Path, values: dict, sampling: dict | None) -> None:
-    """The sample set's metrics as a child run of the study in MLflow, its grid as an
-    artifact."""
+def _log_evaluation(study: dict, path: Path, values: dict, names: dict, protocol: str,
+                    sampling: dict | None, context: dict) -> None:
+    """The sample set's metrics as a child run of the study in MLflow, its grid as an artifact.
+    Metric names carry no protocol (`fd`, not `fd_effnet_1k`), so sets scored with other counts
+    share a column in the UI; the protocol is a param. Intervals are `<metric>_lo` / `_hi`, and
+    the run's DVAE's reconstruction scores are `recon_*`."""
     sampling = sampling or {}
     keep = ("kind", "run", "grain_run", "seed", "cfg_scale", "grain_source", "sampler", "steps",
             "at_step", "n", "params_M", "grain_params_M")
-    params = {"sample_set": path.stem, **{k: sampling.get(k) for k in keep if k in sampling}}
-    metrics = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+    metrics = {}
+    for short, name in names.items():
+        if isinstance(values.get(name), (int, float)):
+            metrics[short] = values[name]
+        if values.get(f"{name}_ci95"):
+            metrics[f"{short}_lo"], metrics[f"{short}_hi"] = values[f"{name}_ci95"]
+    metrics.update({f"recon_{k}": v for k, v in context.get("recon", {}).items()})
+    params = {"sample_set": path.stem, "protocol": protocol,
+              "metric_names": ", ".join(f"{k}={v}" for k, v in names.items()),
+              **{k: sampling.get(k) for k in keep if k in sampling}}
+    tags = {"d2it.uses": ", ".join(context.get("uses", [])), "d2it.spec": context.get("spec")}
     grid = [Path(sampling["grid"])] if sampling.get("grid") else []
-    log_evaluation(study["tracking"], study["name"], path.stem, params, metrics, grid)
+    log_evaluation(study["tracking"], study["name"], _run_name(path, metrics, context), params,
+                   metrics, grid, {k: v for k, v in tags.items() if v})
+
+
+def _run_name(path: Path, metrics: dict, context: dict) -> str:
+    """What the runs list shows without a column clicked in: where the set is used, its spec,
+    and FD with its interval, e.g. `table2/dit_xl dit: FD 214.6 [208.9, 220.3]`."""
+    where = " ".join(context.get("uses", [])[:2]) or path.stem
+    fd = f"FD {metrics['fd']:.1f}" if "fd" in metrics else "FD -"
+    if "fd_lo" in metrics:
+        fd += f" [{metrics['fd_lo']:.1f}, {metrics['fd_hi']:.1f}]"
+    return f"{where} {context.get('spec') or ''}: {fd}".replace(" :", ":")
+
+
+def _metric_names(extractor, n: int, values: dict) -> dict:
+    """{metric: its name in the metrics JSON}: the protocol-free name and the one that spells out
+    the extractor and sample count."""
+    names = {m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")}
+    if "class_acc" in values:
+        names["class_acc"] = "class_acc"
+    return names
+
+
+def _protocol(n: int, ref: dict, extractor) -> str:
+    return (f"{n} samples per set vs {Path(ref['file']).name}; {extractor.name} features; "
+            f"torch-fidelity FD/IS/KID, precision/recall k=3"
+            + ("" if extractor.comparable else
+               "; not comparable with published Inception numbers"))
 
 
 def evaluate_samples(study: dict, samples: list[Path], out: Path,
-                     records: list[dict | None] | None = None) -> dict:
+                     records: list[dict | None] | None = None, context: dict | None = None) -> dict:
     """Metrics of one sample set, or of several (e.g. one per seed): then each set's values and, per
     metric, their mean and standard deviation across sets. `records` are the sets' sampling
     records (settings, provenance, measured fine fraction; `d2it sample` writes one), None where
-    a set has none."""
+    a set has none; `context` says where the plan uses the set, for MLflow (`Plan.context`)."""
     records = records or [None] * len(samples)
     settings = study["metrics"]
     missing = [str(p) for p in samples if not Path(p).exists()]
@@ -169,7 +208,9 @@ def evaluate_samples(study: dict, samples: list[Path], out: Path,
             values.update(classifier(path, images, sampling))
         runs.append({"samples": str(path), "n_generated": len(images), **values,
                      "sampling": sampling})
-        _log_evaluation(study, Path(path), values, sampling)
+        names = _metric_names(extractor, len(images), values)
+        _log_evaluation(study, Path(path), values, names, _protocol(len(images), ref, extractor),
+                        sampling, context or {})
     result = {k: v for k, v in runs[0].items()} if len(runs) == 1 else {"sets": runs}
     if len(runs) > 1:
         for key in (k for k, v in runs[0].items() if isinstance(v, float)):
@@ -177,9 +218,9 @@ def evaluate_samples(study: dict, samples: list[Path], out: Path,
             result[key] = float(np.mean(values))
             result[f"{key}_std"] = float(np.std(values, ddof=1))
     n = runs[0]["n_generated"]
-    keys = {m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")}
-    if all("class_acc" in r for r in runs):
-        keys["class_acc"] = "class_acc"
+    keys = _metric_names(extractor, n, runs[0])
+    if not all("class_acc" in r for r in runs):
+        keys.pop("class_acc", None)
     result.update(
         keys=keys,
         extractor=extractor.name, extractor_sha256=extractor.sha256,
@@ -187,9 +228,6 @@ def evaluate_samples(study: dict, samples: list[Path], out: Path,
         seed=settings["seed"], n_sets=len(runs),
         reference={"file": ref["file"], "split": ref.get("split"), "n": ref["n"],
                    "n_features": len(ref["features"])},
-        protocol=(f"{n} samples per set vs {Path(ref['file']).name}; {extractor.name} features; "
-                  f"torch-fidelity FD/IS/KID, precision/recall k=3"
-                  + ("" if extractor.comparable else
-                     "; not comparable with published Inception numbers")))
+        protocol=_protocol(n, ref, extractor))
     write_json_atomic(out, result)
     return result

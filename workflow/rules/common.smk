@@ -153,8 +153,12 @@ def table_inputs(wildcards) -> list:
 
 
 def metrics_inputs(wildcards) -> dict:
+    """The samples and their record; the reconstruction scores of their DVAE too, where the study
+    evaluates it, so that MLflow shows them beside the set's metrics."""
     found = PLAN.sample_sets[wildcards.name]
-    return {"samples": found.npz, "record": found.record, "manifest": STUDY["data"]["manifest"]}
+    recon = PLAN.recon_of(found)
+    return {"samples": found.npz, "record": found.record, "manifest": STUDY["data"]["manifest"],
+            **({"recon": recon} if recon else {})}
 
 
 def recon_inputs(wildcards) -> Path:
