@@ -248,14 +248,20 @@ def cmd_study_rehearse(args) -> None:
                         f"run's ({summary['folder']}/rehearsal.json)")
 
 
-def cmd_study_plan(args) -> list[dict]:
+def cmd_study_plan(args) -> list[dict] | None:
     from d2it.cost import plan_cost
     from d2it.report.plan_rows import describe
 
     plan = _plan(args)
     rows = plan.table_rows(args.table) if args.table else plan.rows
     # the last line: what the whole study costs (every table and figure, whatever --table)
-    return [describe(plan, row) for row in rows] + [plan_cost(plan)]
+    described = [describe(plan, row) for row in rows]
+    if args.format == "table":
+        from d2it.report.plan_rows import plan_table
+
+        print(plan_table(described, plan_cost(plan)))
+        return None
+    return described + [plan_cost(plan)]
 
 
 def _write_table(table, out: Path) -> dict:
@@ -455,6 +461,8 @@ def _study_commands(sub) -> None:
     st = sub.add_parser("study", help="studies").add_subparsers(dest="what", required=True)
     sp = _with_config(st.add_parser("plan", help="one JSON line per table row, resolved"))
     sp.add_argument("--table", help="only this table's rows, e.g. table2")
+    sp.add_argument("--format", choices=("json", "table"), default="json",
+                    help="json: one line per row, every field (default); table: for reading")
     sp.set_defaults(fn=cmd_study_plan)
     sp = _with_config(st.add_parser("anchor", help="the official DiT-XL/2 checkpoint through "
                                    "this sampler and evaluator, beside DiT's published FID"))

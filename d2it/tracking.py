@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from d2it.files import write_text_atomic
@@ -97,6 +98,26 @@ def _check_writable(uri: str) -> None:
         raise PermissionError(f"{folder} is read-only")
 
 
+def _create_store(uri: str) -> None:
+    """A new sqlite store is built under a temporary name and renamed into place. MLflow makes
+    its tables in many migrations, and a process killed halfway (Snakemake killed in its
+    onstart) would leave a file that every later job fails on ("table ... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for left in path.parent.glob(f".{path.name}.*.creating"):  # what a killed creator left
+        left.unlink()
+    # a name of its own: MLflow keeps an engine per URI for the life of the process
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.creating")
+    store = SqlAlchemyStore(f"sqlite:///{tmp}", str(Path("mlruns").resolve()))
+    store.engine.dispose()
+    os.replace(tmp, path)
+
+
 def open_study(uri: str, experiment: str, study: str | None):
     """(client, experiment id, the study's parent run id or None), the store created or migrated
     and the experiment and parent run got or made one process at a time. HTTP requests give up
@@ -109,6 +130,7 @@ def open_study(uri: str, experiment: str, study: str | None):
 
     _check_writable(uri)
     with _store_lock(uri):
+        _create_store(uri)
         client = MlflowClient(uri)
         exp_id = _experiment_id(client, experiment)
         parent = study_parent(client, exp_id, study) if study else None

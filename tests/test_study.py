@@ -281,3 +281,21 @@ def test_a_sample_set_knows_where_the_plan_shows_it_and_its_dvaes_scores():
     assert plan.recon_of(dit) == plan.recon_json(plan.dvae_of(dit.run))
     unscored = studies.plan(studies.load(CONFIGS / "cpu.yaml", ["recon.fine_ratios=[0.25]"]))
     assert unscored.recon_of(unscored.table_rows("table2")[0].sample_sets[0]) is None
+
+
+def test_the_plan_as_a_table_reads_as_the_json_lines_say():
+    """`--format table`: one line per row with the JSON lines' values (DiT-XL/2's 675.1M
+    parameters, as published), then the study's cost line."""
+    args = [sys.executable, "-m", "d2it.cli", "study", "plan", "--config",
+            str(CONFIGS / "imagenet256.yaml")]
+    proc = subprocess.run(args + ["--format", "table"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, *lines, footer = proc.stdout.splitlines()
+    assert header.split()[:4] == ["row", "spec", "params_M", "GFLOPs"]
+    rows = plan_rows(CONFIGS / "imagenet256.yaml")
+    assert [line.split()[0] for line in lines] == [f"{r['table']}/{r['row']}" for r in rows]
+    dit = lines[0].split()
+    assert dit[2] == f"{675_129_632 / 1e6:.3g}" and dit[-1] == rows[0]["run_dirs"][0]
+    assert f"{rows[0]['train_steps']} x {rows[0]['global_batch']}" in lines[0]
+    cost = plan_cost(CONFIGS / "imagenet256.yaml")
+    assert footer.startswith(f"imagenet256: {cost['runs']} runs, {cost['sample_sets']} sample sets")

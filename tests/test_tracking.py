@@ -110,3 +110,29 @@ def test_the_study_run_holds_its_settings_and_what_it_made(tmp_path, caplog):
     assert parent.data.params == {"name": "s", "train.steps": "5", "train.lr": "0.001"}
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["table2.csv"]
     assert parent.data.tags["d2it.commit"] and parent.info.status == "RUNNING"
+
+
+def test_a_store_whose_creation_was_killed_is_made_again(tmp_path, monkeypatch):
+    """MLflow builds a new sqlite store in many migrations; a process killed halfway (Snakemake
+    killed in its onstart) must not leave a store every later job fails on ("table mcp_servers
+    already exists", seen once): the store appears only whole."""
+    import mlflow.store.db.utils as db_utils
+
+    from d2it.tracking import open_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real = db_utils._initialize_tables
+
+    def killed(engine):  # some tables made, then the process dies
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE experiments (id INTEGER)")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", killed)
+    with pytest.raises(KeyboardInterrupt):
+        open_study(uri, "t", "s")
+    assert not (tmp_path / "mlflow.db").exists()
+    monkeypatch.setattr(db_utils, "_initialize_tables", real)
+    client, exp_id, parent = open_study(uri, "t", "s")
+    assert client.get_run(parent).data.tags["d2it.study"] == "s"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]

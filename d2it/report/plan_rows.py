@@ -47,3 +47,29 @@ def describe(result: Plan, row: Row) -> dict:
                                  for run in (ss.run, ss.grain_run) if run is not None)),
             "sample": rounded(sum(gpu_hours(sample_set_flops(ss)) for ss in row.sample_sets))},
     }
+
+
+def plan_table(rows: list[dict], cost: dict) -> str:
+    """`d2it study plan --format table`: one line per row as a person reads a plan (parameters in
+    millions, GFLOPs per forward, steps x global batch, samples, sampler and protocol, the first
+    seed's run folder), then the study's cost."""
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "row": [f"{r['table']}/{r['row']}" for r in rows],
+        "spec": [r["spec"] for r in rows],
+        "params_M": [r["params"]["total"] / 1e6 for r in rows],
+        "GFLOPs": [sum(r["gflops_per_forward"].values()) for r in rows],
+        "steps x batch": [f"{r['train_steps']} x {r['global_batch']}" for r in rows],
+        "seeds": [len(r["seeds"]) for r in rows],
+        "n": [r["n"] for r in rows],
+        "sampler": [f"{r['sampler']} {r['sampling_steps']}"
+                    + (f" cfg {r['cfg_scale']:g}" if r["cfg_scale"] != 1 else "") for r in rows],
+        "protocol": [r["protocol"] for r in rows],
+        "run folder": [r["run_dirs"][0] for r in rows],
+    })
+    hours = cost["gpu_hours"]
+    footer = (f"{cost['study']}: {cost['runs']} runs, {cost['sample_sets']} sample sets, "
+              f"{hours['total']:.3g} GPU-hours ({cost['gpu_hours_assume']})")
+    body = table.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+    return f"{body}\n{footer}"
