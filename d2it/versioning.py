@@ -29,9 +29,7 @@ HEADER = """\
 """
 CODE = ["Snakefile", "workflow", "d2it"]
 CURVES = ("fig5", "fig6", "grain_maps")
-PLOTS = {"dvae_recon.csv": ("fine_ratio", "psnr_db", "DVAE held-out PSNR by fine ratio"),
-         "fig5.csv": ("fine_ratio", "fd", "Fig. 5: generation FD by the DVAE's fine ratio"),
-         "fig6.csv": ("step", "fd", "Fig. 6: FD over training steps")}
+SERIES = ("fig5", "fig6")  # curves with a <fig>_series.csv: one column per line
 
 
 def _out(path, cache: bool) -> dict:
@@ -45,12 +43,35 @@ def results(plan) -> list[Path]:
         files.append(target)
         if target.suffix == ".png" and target.stem in CURVES:  # Figs. 5-6 and the grain maps
             files.append(target.with_suffix(".csv"))
+        if target.suffix == ".png" and target.stem in SERIES:
+            files.append(target.with_name(f"{target.stem}_series.csv"))
     return files
+
+
+def plots(plan) -> list[dict]:
+    """`dvc plots` definitions of a study's curves. DVC draws one series per y column (and per
+    revision), so each curve is read from its series file, whose columns are its lines: rFD and
+    FD for Fig. 5, one model each for Fig. 6."""
+    from d2it.study import spec_label
+
+    fig6 = list(dict.fromkeys(spec_label(plan.study, spec)
+                              for spec in plan.curve_specs.get("fig6", [])))
+    wanted = {
+        "dvae_recon.csv": ("fine_ratio", ["psnr_db"], "DVAE held-out PSNR by fine ratio"),
+        "fig5_series.csv": ("fine_ratio", ["rfd", "fd"],
+                            "Fig. 5: reconstruction rFD and generation FD by fine ratio"),
+        "fig6_series.csv": ("step", fig6, "Fig. 6: FD over training steps, per model")}
+    made = {path.name for path in results(plan)}
+    return [{str(plan.published_dir / name): {
+                "x": x, "y": y if len(y) > 1 else y[0], "template": "linear",
+                "title": f"{title} ({plan.name})"}}
+            for name, (x, y, title) in wanted.items() if name in made]
 
 
 def stage(config: Path) -> tuple[dict, list[dict], list[str]]:
     """The DVC stage of one study config, its plot definitions and its metrics files (top-level
-    entries: they lie inside the stage's published folder, which is its output)."""
+    entries: they lie inside the stage's published folder, which is its output; only for a study
+    published in this checkout, as `dvc metrics show` warns of each one that is missing)."""
     resolved = studies.load(config)
     plan = studies.plan(resolved)
     data, metrics = resolved["data"], resolved["metrics"]
@@ -66,13 +87,12 @@ def stage(config: Path) -> tuple[dict, list[dict], list[str]]:
     outs.append(_out(metrics["reference_dir"], cache=True))
     outs += [_out(run.folder / "final.pt", cache=True) for run in plan.runs.values()]
     outs.append(_out(plan.published_dir, cache=False))
-    published = plan.published_dir
-    rows = [str(published / "rows" / table) for table in resolved["tables"]]
-    plots = [{str(published / name): {"x": x, "y": y, "title": f"{title} ({plan.name})"}}
-             for name, (x, y, title) in PLOTS.items() if plan.results_dir / name in results(plan)]
     body = {"cmd": f"snakemake --cores all publish --configfile {config}", "deps": deps,
             "outs": outs}
-    return {plan.name: body}, plots, rows
+    if not plan.published_dir.is_dir():  # DVC warns of every metrics file it cannot read
+        return {plan.name: body}, [], []
+    rows = [str(plan.published_dir / "rows" / table) for table in resolved["tables"]]
+    return {plan.name: body}, plots(plan), rows
 
 
 def dvc_yaml(configs: list[Path]) -> str:
@@ -84,4 +104,4 @@ def dvc_yaml(configs: list[Path]) -> str:
         plots += its_plots
         metrics += its_metrics
     body = {"stages": stages, "metrics": metrics, "plots": plots}
-    return HEADER + yaml.safe_dump(body, sort_keys=False, width=100)
+    return HEADER + yaml.safe_dump(body, sort_keys=False, width=100, allow_unicode=True)

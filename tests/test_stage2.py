@@ -11,7 +11,7 @@ import yaml
 from d2it.data.latents import LatentCache
 from d2it.errors import D2itError
 from d2it.models import build
-from d2it.report.figures import overlay
+from d2it.report.figures import COARSE, FINE, pair
 from d2it.sample import load_stage2, sample
 from d2it.stage2 import D2iTTask, train_model
 from d2it.task import RowDraws
@@ -134,11 +134,13 @@ def test_training_refuses_a_cache_of_another_dvae(trained, latent_cache, tmp_pat
         train_model(own_dvae, "dit", 1, latent_cache, tmp_path / "run")
 
 
-def test_overlay_colours_fine_red_and_coarse_blue():
-    image = np.full((4, 4, 3), 100, np.uint8)
+def test_a_sample_stands_untouched_beside_its_grain_map():
+    image = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
     grain = np.array([[True, False], [False, False]])
-    tinted = overlay(image, grain, alpha=0.5)
-    assert tuple(tinted[0, 0]) == (178, 50, 50) and tuple(tinted[3, 3]) == (50, 50, 178)
+    cell = pair(image, grain)
+    assert cell.shape == (4, 9, 3) and (cell[:, :4] == image).all() and (cell[:, 4] == 255).all()
+    assert tuple(cell[0, 5]) == FINE and tuple(cell[1, 6]) == FINE  # the fine 2 x 2 region
+    assert tuple(cell[0, 7]) == COARSE and tuple(cell[3, 8]) == COARSE
 
 
 @pytest.fixture

@@ -25,13 +25,41 @@ def _metrics(path: Path, what: str) -> dict:
 
 
 def _sample_metrics(ss) -> dict:
-    """FD (under its protocol key) and, where measured, the class score of one sample set."""
+    """FD (under its protocol key) with its 95 % bootstrap interval and, where measured, the class
+    score with its Wilson interval, of one sample set."""
     found = _metrics(ss.metrics, ss.name)
     keys = found["keys"]
-    out = {"fd_key": keys["fd"], "fd": found[keys["fd"]], "protocol": found["protocol"]}
+    out = {"fd_key": keys["fd"], "fd": found[keys["fd"]], "protocol": found["protocol"],
+           "reference_split": found["reference"]["split"]}
+    out["fd_lo"], out["fd_hi"] = found.get(f"{keys['fd']}_ci95") or (np.nan, np.nan)
     if "class_acc" in keys:
         out["class_acc"] = found["class_acc"]
+        out["class_acc_lo"], out["class_acc_hi"] = found.get("class_acc_ci95") or (np.nan, np.nan)
     return out
+
+
+def _lines(ax, table: pd.DataFrame, x: str, metric: str, hue: str | None = None) -> str:
+    """One line per `hue` value with a 95 % band: the interval of the mean over seeds where a
+    point has several, else the one set's own interval (`<metric>_lo` / `_hi`). Returns what the
+    bands are, for the legend."""
+    from d2it.report.stats import mean_interval
+
+    groups = table.groupby(hue, sort=False) if hue else [(None, table)]
+    several = table.groupby([hue, x] if hue else [x])["seed"].nunique().max() > 1
+    for (label, part), color in zip(groups, sns.color_palette()):
+        points = []
+        for at, seeds in part.groupby(x):
+            if several:
+                mean, _, interval = mean_interval(seeds[metric].tolist())
+                low, high = interval or (np.nan, np.nan)
+            else:
+                mean, low, high = seeds[[metric, f"{metric}_lo", f"{metric}_hi"]].iloc[0]
+            points.append((at, mean, low, high))
+        at, mean, low, high = (np.array(v, dtype=float) for v in zip(*points))
+        ax.plot(at, mean, marker="o", color=color, label=label)
+        ax.fill_between(at, low, high, color=color, alpha=0.2, linewidth=0)
+    return ("band: 95 % interval over seeds" if several
+            else "band: 95 % interval of the one set (bootstrap FD, Wilson class score)")
 
 
 def fig6_table(plan) -> pd.DataFrame:
@@ -58,7 +86,10 @@ def fig5_table(plan) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["fine_ratio", "seed"]).reset_index(drop=True)
 
 
-def _save(fig, table: pd.DataFrame, png: Path, mark: str | None) -> dict:
+def _save(fig, table: pd.DataFrame, png: Path, mark: str | None,
+          series: pd.DataFrame | None = None) -> dict:
+    """The figure, its table as <fig>.csv and, for `dvc plots` (which draws one series per
+    column, not per value of a column), its lines one per column as <fig>_series.csv."""
     png = Path(png)
     marks.stamp(fig, mark)
     with atomic(png) as tmp:
@@ -66,43 +97,62 @@ def _save(fig, table: pd.DataFrame, png: Path, mark: str | None) -> dict:
     plt.close(fig)
     csv = png.with_suffix(".csv")
     write_text_atomic(csv, table.to_csv(index=False))
+    if series is not None:
+        write_text_atomic(series_csv(png), series.reset_index().to_csv(index=False))
     return {"figure": str(png), "csv": str(csv), "rows": len(table)}
 
 
+def series_csv(png: Path) -> Path:
+    return Path(png).with_name(f"{Path(png).stem}_series.csv")
+
+
+def _protocol(table: pd.DataFrame) -> str:
+    """The FD protocol in a title's words: e.g. `fd_effnet_1k vs the train split`."""
+    return f"{table['fd_key'].iloc[0]} vs the {table['reference_split'].iloc[0]} split"
+
+
 def fig6(plan, png: Path) -> dict:
-    """FD (and the class score) against training steps, one line per model; bands are the 95 %
-    interval over seeds where there are several."""
+    """FD (and the class score) against training steps, one line per model, each with its 95 %
+    band; its series: mean FD per step, one column per model."""
     table = fig6_table(plan)
     panels = ["fd"] + (["class_acc"] if "class_acc" in table else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.4), squeeze=False,
+                             layout="constrained")
     for ax, metric in zip(axes[0], panels):
-        sns.lineplot(table, x="step", y=metric, hue="model", style="model", markers=True,
-                     errorbar=("ci", 95), ax=ax)
+        bands = _lines(ax, table, "step", metric, hue="model")
         ax.set_xlabel("training steps")
-        ax.set_ylabel(table["fd_key"].iloc[0] + " (lower is better)" if metric == "fd"
+        ax.set_ylabel(f"FD ({table['fd_key'].iloc[0]}, lower is better)" if metric == "fd"
                       else "class score: samples recognised as their class")
-        ax.legend(title="model")
+        ax.legend(title="model", loc="best")
+    fig.supxlabel(bands, fontsize=8)
     fig.suptitle(marks.title(plan.study["mark"], f"Fig. 6: convergence, study {plan.name} "
-                             f"({table['protocol'].iloc[0][:60]}...)"), fontsize=9)
-    return _save(fig, table, png, plan.study["mark"])
+                             f"({_protocol(table)})"))
+    series = table.pivot_table(index="step", columns="model", values="fd", sort=False)
+    return _save(fig, table, png, plan.study["mark"], series)
 
 
 def fig5(plan, png: Path) -> dict:
     """Reconstruction (rFD of each DVAE) and generation (FD of the D²iT trained on it) against the
-    fine-grain ratio."""
+    fine-grain ratio, each on its own axis (their scales differ), FD with its 95 % band."""
     table = fig5_table(plan)
-    long = pd.concat([
-        table.assign(metric=f"reconstruction ({table['rfd_key'].iloc[0]})", value=table["rfd"]),
-        table.assign(metric=f"generation ({table['fd_key'].iloc[0]})", value=table["fd"])])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    sns.lineplot(long, x="fine_ratio", y="value", hue="metric", style="metric", markers=True,
-                 errorbar=("ci", 95), ax=ax)
-    ax.set_xlabel("fine-grain ratio of the DVAE")
-    ax.set_ylabel("Fréchet distance (lower is better)")
-    ax.legend(title="quality")
-    ax.set_title(marks.title(plan.study["mark"], f"Fig. 5: fine-grain ratio sweep, study "
-                             f"{plan.name}"))
-    return _save(fig, table, png, plan.study["mark"])
+    fig, (recon, generation) = plt.subplots(1, 2, figsize=(10, 4.4), layout="constrained")
+    sns.lineplot(table, x="fine_ratio", y="rfd", marker="o", errorbar=("ci", 95), ax=recon,
+                 label="DVAE reconstructions")
+    recon.set_ylabel(f"rFD ({table['rfd_key'].iloc[0]}, lower is better)")
+    recon.set_title("reconstruction")
+    bands = _lines(generation, table.assign(model="D²iT samples"), "fine_ratio", "fd",
+                   hue="model")
+    generation.set_ylabel(f"FD ({table['fd_key'].iloc[0]}, lower is better)")
+    generation.set_title("generation")
+    generation.legend(loc="best")
+    fig.supxlabel(f"reconstruction: one DVAE per ratio and seed; generation {bands}",
+                  fontsize=8)
+    for ax in (recon, generation):
+        ax.set_xlabel("fine-grain ratio of the DVAE")
+    fig.suptitle(marks.title(plan.study["mark"], f"Fig. 5: fine-grain ratio sweep, study "
+                             f"{plan.name} ({_protocol(table)})"))
+    series = table.groupby("fine_ratio")[["rfd", "fd"]].mean()
+    return _save(fig, table, png, plan.study["mark"], series)
 
 
 def grain_maps_table(predicted: Path, ground_truth: Path) -> pd.DataFrame:
@@ -123,18 +173,23 @@ def grain_maps(predicted: Path, ground_truth: Path, png: Path,
     table = grain_maps_table(predicted, ground_truth)
     if class_names:
         table["class"] = [class_names[c] for c in table["class"]]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), width_ratios=[2, 1, 1])
+    # constrained layout keeps titles, tick labels and the colour bar apart; one colour bar
+    # serves both heat maps (same scale)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), width_ratios=[2.2, 1, 1.2],
+                             layout="constrained")
     sns.boxplot(table, x="class", y="fine_fraction", hue="source", ax=axes[0])
     axes[0].set_xlabel("class")
     axes[0].set_ylabel("fine fraction of the grain map")
     axes[0].tick_params(axis="x", rotation=45)
     axes[0].legend(title="grain maps")
+    axes[0].set_title("fine fraction per class")
     for ax, (source, path) in zip(axes[1:], (("ground truth", ground_truth),
                                             ("predicted", predicted))):
         frequency = np.load(path)["grain"].mean(0)
-        sns.heatmap(frequency, vmin=0, vmax=1, cmap="coolwarm", square=True, ax=ax,
-                    cbar_kws={"label": "fraction of samples fine here"})
-        ax.set_title(f"{source}: fine frequency per position")
+        last = source == "predicted"
+        sns.heatmap(frequency, vmin=0, vmax=1, cmap="coolwarm", square=True, ax=ax, cbar=last,
+                    cbar_kws={"label": "fraction of samples fine here"} if last else None)
+        ax.set_title(f"{source}: how often each position is fine", fontsize=10)
         ax.set_xlabel("grain column")
         ax.set_ylabel("grain row")
     fig.suptitle(marks.title(mark, "Grain maps: the Dynamic Grain Transformer vs held-out "

@@ -1,4 +1,4 @@
-"""Figures of samples: each image beside its grain map overlay (the paper's Figs. 3 and 4)."""
+"""Figures of samples: each image beside its grain map (the paper's Figs. 3 and 4)."""
 from __future__ import annotations
 
 import json
@@ -11,24 +11,32 @@ from d2it.errors import D2itError
 from d2it.files import atomic
 from d2it.report import marks
 
+FINE = (214, 39, 40)  # the grain map's colours: fine regions red, coarse light blue
+COARSE = (174, 199, 232)
 
-def overlay(image: np.ndarray, grain: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """The image tinted red where the grain is fine and blue where it is coarse (as the paper's
-    Fig. 3)."""
-    factor = image.shape[0] // grain.shape[0]
+
+def grain_image(grain: np.ndarray, size: int) -> np.ndarray:
+    """A grain map (True = fine) as a size x size RGB picture, to stand beside its sample: the
+    sample itself is left untouched."""
+    factor = size // grain.shape[0]
     mask = np.kron(grain.astype(np.uint8), np.ones((factor, factor), np.uint8)).astype(bool)
-    tint = np.where(mask[..., None], np.array([255, 0, 0]), np.array([0, 0, 255]))
-    return ((1 - alpha) * image + alpha * tint).round().astype(np.uint8)
+    return np.where(mask[..., None], np.array(FINE), np.array(COARSE)).astype(np.uint8)
+
+
+def pair(image: np.ndarray, grain: np.ndarray) -> np.ndarray:
+    """The sample, a white 1 px gap, its grain map: one cell of a D²iT grid."""
+    gap = np.full((image.shape[0], 1, 3), 255, np.uint8)
+    return np.concatenate([image, gap, grain_image(grain, image.shape[0])], 1)
 
 
 def write_grid(images: np.ndarray, grains: np.ndarray | None, path: Path, columns: int = 8,
                zoom: int = 4, mark: str | None = None) -> None:
-    """Pairs of (sample, sample with its grain map) in rows of `columns` pairs; samples alone
-    where there are no grain maps (DiT); under a band naming the study's mark."""
+    """Pairs of (sample, its grain map) in rows of `columns` pairs; samples alone where there
+    are no grain maps (DiT); under a band naming the study's mark."""
     if grains is None:
         cells = list(images)
     else:
-        cells = [np.concatenate([im, overlay(im, g)], 1) for im, g in zip(images, grains)]
+        cells = [pair(im, g) for im, g in zip(images, grains)]
     while len(cells) % columns:
         cells.append(np.zeros_like(cells[0]))
     rows = [np.concatenate(cells[i:i + columns], 1) for i in range(0, len(cells), columns)]
@@ -51,7 +59,7 @@ def class_rows(index: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndar
 def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
                    class_names: list[str] | None = None, title: str | None = None,
                    mark: str | None = None) -> dict:
-    """Figs. 3 and 4 from a `d2it sample` .npz: samples beside their grain-map overlays (D²iT) or
+    """Figs. 3 and 4 from a `d2it sample` .npz: samples beside their grain maps (D²iT) or
     alone (DiT, which has no grain map), four rows or (by_class) one row per class named on the
     left, with a title and a legend of the overlay colours."""
     import matplotlib
@@ -72,9 +80,11 @@ def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
         rows = []
     images, grains = images[order], grains[order]
     if kind == "d2it":
-        cells = [np.concatenate([im, overlay(im, g)], 1) for im, g in zip(images, grains)]
+        cells = [pair(im, g) for im, g in zip(images, grains)]
     else:
         cells = list(images)
+    # a white column between cells, so that each sample reads as one picture
+    cells = [np.concatenate([c, np.full((c.shape[0], 3, 3), 255, np.uint8)], 1) for c in cells]
     while len(cells) % columns:
         cells.append(np.full_like(cells[0], 255))
     grid_rows = [np.concatenate(cells[i:i + columns], 1) for i in range(0, len(cells), columns)]
@@ -91,9 +101,11 @@ def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
     else:
         ax.set_yticks([])
     if kind == "d2it":
-        ax.legend(handles=[Patch(color="red", alpha=0.4, label="fine grain (red tint)"),
-                           Patch(color="blue", alpha=0.4, label="coarse grain (blue tint)")],
-                  loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, frameon=False)
+        colours = [np.array(c) / 255 for c in (FINE, COARSE)]
+        ax.legend(handles=[Patch(color=colours[0], label="fine grain"),
+                           Patch(color=colours[1], label="coarse grain")],
+                  title="each sample, then its grain map", loc="upper center",
+                  bbox_to_anchor=(0.5, -0.01), ncol=2, frameon=False)
     ax.set_title(marks.title(mark, title or ("samples beside their grain maps"
                                                   if kind == "d2it" else "samples")))
     marks.stamp(fig, mark)

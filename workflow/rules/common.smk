@@ -63,6 +63,9 @@ PLAN = studies.plan(STUDY)
 RUNS = str(PLAN.runs_dir)
 RESULTS = str(PLAN.results_dir)
 LOGS = f"logs/{PLAN.name}"
+# Every rule runs the one `d2it` package of the one environment; `--sdm conda` builds it from
+# this file (the pip pins), and `snakemake --lint` asks each rule to name it.
+CONDA_ENV = "../../environment.yml"
 
 
 # Every job reads the resolved study from one content-addressed file (params.config, made by
@@ -157,8 +160,10 @@ def metrics_inputs(wildcards) -> dict:
     evaluates it, so that MLflow shows them beside the set's metrics."""
     found = PLAN.sample_sets[wildcards.name]
     recon = PLAN.recon_of(found)
+    reference = STUDY["metrics"]["reference"]  # an ADM batch (a file), or a split of the data
     return {"samples": found.npz, "record": found.record, "manifest": STUDY["data"]["manifest"],
-            **({"recon": recon} if recon else {})}
+            **({"recon": recon} if recon else {}),
+            **({"reference": reference} if reference.endswith(".npz") else {})}
 
 
 def recon_inputs(wildcards) -> Path:

@@ -3,6 +3,8 @@
 if STUDY["data"]["synth"] is not None:
 
     rule synth_data:
+        conda:
+            CONDA_ENV,
         output:
             STUDY["data"]["manifest"],
         params:
@@ -13,8 +15,47 @@ if STUDY["data"]["synth"] is not None:
         shell:
             "d2it data synth --config {params.config} > {log} 2>&1"
 
+else:
+    # Data only the user can bring. Its rule lets `snakemake -n` preview the whole study before
+    # the data is on disk; run for real, its job stops the workflow at once with one line naming
+    # the command that prepares it.
+    localrules:
+        prepare_data,
+
+    rule prepare_data:
+        conda:
+            CONDA_ENV,
+        output:
+            STUDY["data"]["manifest"],
+        params:
+            message=lambda w, output: (
+                f"d2it: error: {output[0]} does not exist: prepare the data first with "
+                f"`d2it data prepare --src /path/to/your/copy --out {output[0]}` "
+                f"(the header of {STUDY_FILE} gives the held-out fraction)"),
+        shell:
+            "printf '%s\\n' {params.message:q} >&2; exit 2"
+
+
+if STUDY["metrics"]["reference"].endswith(".npz"):
+    localrules:
+        reference_batch,
+
+    rule reference_batch:
+        conda:
+            CONDA_ENV,
+        output:
+            STUDY["metrics"]["reference"],
+        params:
+            message=lambda w, output: (
+                f"d2it: error: {output[0]} does not exist: put the ADM reference batch there "
+                f"(openai/guided-diffusion's evaluations; the header of {STUDY_FILE} names it)"),
+        shell:
+            "printf '%s\\n' {params.message:q} >&2; exit 2"
+
 
 rule grain_thresholds:
+    conda:
+        CONDA_ENV,
     input:
         STUDY["data"]["manifest"],
     output:

@@ -3,6 +3,8 @@
 
 
 rule sample_metrics:
+    conda:
+        CONDA_ENV,
     input:
         unpack(metrics_inputs),
     output:

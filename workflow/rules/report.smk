@@ -2,6 +2,8 @@
 
 
 rule paper_table:
+    conda:
+        CONDA_ENV,
     input:
         table_inputs,
     output:
@@ -20,11 +22,14 @@ rule paper_table:
 
 # Fig. 5 (reconstruction vs generation over fine ratios), Fig. 6 (FD over training steps).
 rule curve_figure:
+    conda:
+        CONDA_ENV,
     input:
         curve_inputs,
     output:
         png=report(f"{RESULTS}/{{fig}}.png", caption="../report/curve.rst", category="Figures"),
         csv=f"{RESULTS}/{{fig}}.csv",
+        series=f"{RESULTS}/{{fig}}_series.csv",
     wildcard_constraints:
         fig=one_of(PLAN.curves),
     params:
@@ -39,6 +44,8 @@ rule curve_figure:
 if PLAN.grain_check():
 
     rule grain_maps_figure:
+        conda:
+            CONDA_ENV,
         input:
             unpack(lambda w: samples_of("grain_maps", PLAN.grain_check())),
         output:
@@ -55,6 +62,8 @@ if PLAN.grain_check():
 
 # One verdict per claim of the paper (d2it/report/verdict.py states the rule).
 rule verdict:
+    conda:
+        CONDA_ENV,
     input:
         verdict_inputs,
     output:
@@ -70,6 +79,8 @@ rule verdict:
 
 # Fig. 3: samples beside their grain maps (red = fine, blue = coarse); Fig. 4: one row per class.
 rule samples_figure:
+    conda:
+        CONDA_ENV,
     input:
         unpack(lambda w: samples_of(w.fig, [PLAN.figures[w.fig]])),
     output:
@@ -95,6 +106,8 @@ rule samples_figure:
 # of `all`: `snakemake --cores all publish`). Its output is the record of the copy, under
 # results/<study>/: git never tracks a file at a Snakemake output path.
 rule publish:
+    conda:
+        CONDA_ENV,
     input:
         [str(path) for path in PLAN.targets()],
     output:

@@ -1,6 +1,8 @@
 # Stage 1: one DVAE per fine ratio and seed (r = 1 is the fixed-rate VAE of the DiT baseline),
 # its held-out reconstructions and its latent cache.
 rule train_dvae:
+    conda:
+        CONDA_ENV,
     input:
         STUDY["data"]["manifest"],
         STUDY["grain"]["thresholds"],
@@ -24,6 +26,8 @@ rule train_dvae:
 
 
 rule eval_recon:
+    conda:
+        CONDA_ENV,
     input:
         recon_inputs,
     output:
@@ -41,6 +45,8 @@ rule eval_recon:
 
 
 rule encode_latents:
+    conda:
+        CONDA_ENV,
     input:
         f"{RUNS}/{{run}}/final.pt",
     output:
@@ -59,6 +65,8 @@ rule encode_latents:
 
 
 rule dvae_table:
+    conda:
+        CONDA_ENV,
     input:
         recon_table_inputs,
     output:

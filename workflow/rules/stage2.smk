@@ -1,6 +1,8 @@
 # Stage 2: every (spec, seed) the study's rows and figures name, trained once on the latent cache
 # of its DVAE, and every sample set drawn from them.
 rule train_model:
+    conda:
+        CONDA_ENV,
     input:
         lambda w: PLAN.latents(MODELS[w.run]) / "meta.json",
     output:
@@ -22,6 +24,8 @@ rule train_model:
 
 
 rule sample:
+    conda:
+        CONDA_ENV,
     input:
         unpack(sample_inputs),
     output:
