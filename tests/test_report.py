@@ -24,7 +24,7 @@ def write_metrics(path, fd, extractor=EFFNET, n=1000):
     keys = {m: metric_key(m, extractor, n) for m in ("fd", "is", "kid", "precision", "recall")}
     data = {keys["fd"]: fd, keys["fd"] + "_ci95": [fd - 1, fd + 1], keys["is"]: 2.0,
             keys["kid"]: 0.1, keys["precision"]: 0.5, keys["recall"]: 0.4, "keys": keys,
-            "protocol": "test protocol"}
+            "protocol": "test protocol", "reference": {"file": "ref.npz", "split": "train"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 

@@ -3,8 +3,8 @@ a study's claims judged from its metrics files."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
-
 from scipy import stats
 
 from d2it import study as studies
@@ -12,6 +12,7 @@ from d2it.errors import D2itError
 from d2it.report.stats import holm, p_value_beats, p_value_matches, paired_difference
 from d2it.report.verdict import (FAILS, HOLDS, OPEN, beats, decide, matches, verdicts,
                                  write_verdict)
+from d2it.study import spec_label
 from test_report import write_metrics
 from tests_support import tiny_study
 
@@ -214,3 +215,11 @@ def test_fig5_and_fig6_verdicts_and_figures(tmp_path, dataset):
     assert table[0].startswith("fine_ratio,seed,rfd_key,rfd,psnr_db") and len(table) == 4
     for png in ("fig5.png", "fig6.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the bands' ends (each set's interval, one seed) and the series DVC plots, a column a line
+    six = pd.read_csv(tmp_path / "fig6.csv")
+    assert (six["fd_hi"] - six["fd_lo"] == 2.0).all()
+    assert pd.read_csv(tmp_path / "fig5_series.csv").columns.tolist() == ["fine_ratio", "rfd", "fd"]
+    series = pd.read_csv(tmp_path / "fig6_series.csv")
+    labels = [spec_label(plan.study, spec) for spec in ("dit", "d2it")]
+    assert series.columns.tolist() == ["step", *labels]
+    assert series[labels[0]].tolist() == [50.0, 40.0] and series[labels[1]].tolist() == [45.0, 20.0]
