@@ -160,6 +160,8 @@ def set_study_status(tracking: dict, study: str, status: str, settings: dict | N
             # MLflow 3 opens an experiment of unknown kind in its GenAI view (traces): this is
             # model training, whose view is the runs table
             client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+            client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW}",
+                                      json.dumps(runs_view(parent)))
             _log_settings(client, parent, settings)
         for path in artifacts:
             if Path(path).is_file():
@@ -171,6 +173,25 @@ def set_study_status(tracking: dict, study: str, status: str, settings: dict | N
     except Exception as e:  # noqa: BLE001 - tracking never stops the workflow
         log.warning("MLflow store %s: study run not set %s (%s: %s)", tracking["uri"], status,
                     type(e).__name__, e)
+
+
+VIEW = "d2it"  # the runs list as docs/tracking.md shows it: ...#/experiments/<id>/runs?viewStateShareKey=d2it
+
+
+def runs_view(parent: str) -> dict:
+    """A view of the runs list that MLflow's UI opens from its URL (a shared view, kept as an
+    experiment tag): the study's runs unfolded, names in full, and FD with its interval, the
+    class score and the settings that tell rows apart as columns, with no column to add."""
+    metrics = ["fd", "fd_lo", "fd_hi", "class_acc", "recon_rfd"]
+    params = ["kind", "seed", "cfg_scale", "grain_source", "protocol"]
+    # grouped by role, the runs are listed flat (evaluations, trainings, the study) in groups
+    # that open unfolded; a shared view cannot unfold the study's nested runs (runsExpanded)
+    return {"groupBy": {"aggregateFunction": "min",
+                        "groupByKeys": [{"mode": "tag", "groupByData": "d2it.role"}]},
+            "selectedColumns": [*(f"metrics.`{m}`" for m in metrics),
+                                *(f"params.`{p}`" for p in params), "tags.`d2it.uses`"],
+            "columnWidths": {"attributes.`Run Name`": 380},
+            "orderByKey": "attributes.start_time", "orderByAsc": False}
 
 
 def _log_settings(client, run_id: str, settings: dict) -> None:

@@ -75,7 +75,7 @@ def test_an_evaluation_run_shows_its_row_fd_interval_and_recon(tmp_path):
     context = {"uses": ["table2/dit_xl", "fig6"], "spec": "dit",
                "recon": {"rfd": 50.9, "psnr_db": 24.9}}
     _log_evaluation(study, tmp_path / "dit-x.npz", values, names, "1000 samples vs train",
-                    {"kind": "dit", "seed": 0}, context)
+                    {"kind": "dit", "seed": 0, "grain_run": None}, context)
     client = MlflowClient(uri)
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("t").experiment_id])
               if r.data.tags.get("d2it.role") == "evaluation"]
@@ -84,6 +84,7 @@ def test_an_evaluation_run_shows_its_row_fd_interval_and_recon(tmp_path):
                                 "class_acc": 0.5, "class_acc_lo": 0.46, "class_acc_hi": 0.54,
                                 "recon_rfd": 50.9, "recon_psnr_db": 24.9}
     assert run.data.params["protocol"] == "1000 samples vs train"
+    assert run.data.params["kind"] == "dit" and "grain_run" not in run.data.params
     assert run.data.params["metric_names"].startswith("fd=fd_effnet_1k, is=is_effnet_1k")
     assert run.data.tags["d2it.uses"] == "table2/dit_xl, fig6" and run.data.tags["d2it.spec"] == "dit"
 
@@ -106,6 +107,9 @@ def test_the_study_run_holds_its_settings_and_what_it_made(tmp_path, caplog):
     client = MlflowClient(tracking["uri"])
     experiment = client.get_experiment_by_name("t")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.d2it"])  # ?viewStateShareKey=d2it
+    assert {"metrics.`fd`", "metrics.`fd_lo`", "metrics.`fd_hi`"} <= set(view["selectedColumns"])
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "d2it.role"}]
     (parent,) = client.search_runs([experiment.experiment_id])
     assert parent.data.params == {"name": "s", "train.steps": "5", "train.lr": "0.001"}
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["table2.csv"]

@@ -147,9 +147,11 @@ def _log_evaluation(study: dict, path: Path, values: dict, names: dict, protocol
         if values.get(f"{name}_ci95"):
             metrics[f"{short}_lo"], metrics[f"{short}_hi"] = values[f"{name}_ci95"]
     metrics.update({f"recon_{k}": v for k, v in context.get("recon", {}).items()})
+    # settings a set does not have (a DiT set's grain run) are left out, not logged as "None":
+    # MLflow's parallel-coordinates plot then opens on axes every run has, `kind` first
     params = {"sample_set": path.stem, "protocol": protocol,
               "metric_names": ", ".join(f"{k}={v}" for k, v in names.items()),
-              **{k: sampling.get(k) for k in keep if k in sampling}}
+              **{k: sampling[k] for k in keep if sampling.get(k) is not None}}
     tags = {"d2it.uses": ", ".join(context.get("uses", [])), "d2it.spec": context.get("spec")}
     grid = [Path(sampling["grid"])] if sampling.get("grid") else []
     log_evaluation(study["tracking"], study["name"], _run_name(path, metrics, context), params,

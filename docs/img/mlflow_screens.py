@@ -38,23 +38,20 @@ def main() -> None:
     experiment, runs = evaluations(args.store, args.study)
     dit = next(i for name, i in runs.items() if name.startswith("table2/dit_xl "))
     d2it = next(i for name, i in runs.items() if name.startswith("table2/d2it_xl "))
-    query = urllib.parse.quote("tags.`d2it.role` = 'evaluation'")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 700})
-        page.goto(f"{args.ui}/#/experiments/{experiment}/runs?searchFilter={query}")
-        page.get_by_text(f"study:{args.study}").wait_for()
-        assistant = page.get_by_role("button", name="Close")
-        if assistant.count():  # MLflow 3's assistant panel takes a quarter of the page
-            assistant.first.click()
-        page.locator("[data-testid='nested-runs-expander'], button:has-text('+')").first.click()
+        page = browser.new_page(viewport={"width": 1600, "height": 560})
+        page.goto(f"{args.ui}/#/experiments/{experiment}/runs?viewStateShareKey=d2it")
         page.get_by_text("table2/dit_xl").first.wait_for()
+        page.get_by_role("button", name="Close").last.click()  # MLflow 3's assistant panel
+        page.wait_for_timeout(1000)
         page.screenshot(path=args.out / f"mlflow-runs-{args.study}.png")
         ids = urllib.parse.quote(json.dumps([dit, d2it]))
+        page.set_viewport_size({"width": 1600, "height": 1000})
         page.goto(f"{args.ui}/#/compare-runs?runs={ids}"
                   f"&experiments={urllib.parse.quote(json.dumps([experiment]))}")
         page.get_by_text("fd_lo").first.wait_for()
-        page.set_viewport_size({"width": 1600, "height": 1100})
+        page.wait_for_timeout(1000)
         page.screenshot(path=args.out / f"mlflow-compare-{args.study}.png", full_page=True)
         browser.close()
 
