@@ -171,13 +171,15 @@ def grain_maps(predicted: Path, ground_truth: Path, png: Path,
     """The grain model against the ground truth: fine fraction per class (box plots) and how often
     each position is fine (one heat map per source)."""
     table = grain_maps_table(predicted, ground_truth)
+    order = sorted(table["class"].unique())  # classes by index, not by first appearance
     if class_names:
         table["class"] = [class_names[c] for c in table["class"]]
+        order = [class_names[c] for c in order]
     # constrained layout keeps titles, tick labels and the colour bar apart; one colour bar
     # serves both heat maps (same scale)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), width_ratios=[2.2, 1, 1.2],
                              layout="constrained")
-    sns.boxplot(table, x="class", y="fine_fraction", hue="source", ax=axes[0])
+    sns.boxplot(table, x="class", y="fine_fraction", hue="source", order=order, ax=axes[0])
     axes[0].set_xlabel("class")
     axes[0].set_ylabel("fine fraction of the grain map")
     axes[0].tick_params(axis="x", rotation=45)

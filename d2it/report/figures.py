@@ -83,8 +83,8 @@ def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
         cells = [pair(im, g) for im, g in zip(images, grains)]
     else:
         cells = list(images)
-    # a white column between cells, so that each sample reads as one picture
-    cells = [np.concatenate([c, np.full((c.shape[0], 3, 3), 255, np.uint8)], 1) for c in cells]
+    # a white border right of and below each cell, so that each pair reads as one picture
+    cells = [np.pad(c, ((0, 3), (0, 3), (0, 0)), constant_values=255) for c in cells]
     while len(cells) % columns:
         cells.append(np.full_like(cells[0], 255))
     grid_rows = [np.concatenate(cells[i:i + columns], 1) for i in range(0, len(cells), columns)]
