@@ -14,7 +14,7 @@ import yaml
 
 from d2it import launch
 from d2it import study as studies
-from tests_support import HELD, saw, tiny_study
+from tests_support import HELD, cli_outcome, saw, tiny_study
 
 pytestmark = pytest.mark.e2e  # Snakemake, torchrun or SLURM: subprocesses
 
@@ -415,3 +415,16 @@ def test_the_cluster_commands_preview_without_data(checkout):
         "d2it: error: data/ffhq256/manifest.json does not exist: prepare the data first with "
         "`d2it data prepare --src /path/to/your/copy --out data/ffhq256/manifest.json` (the "
         f"header of {checkout / 'config/ffhq256.yaml'} gives the held-out fraction)"]
+
+
+@pytest.mark.bad_input
+def test_a_missing_configfile_is_snakemakes_own_traceback_naming_it(checkout):
+    """`--configfile nope.yaml` fails in Snakemake's argument handling, before the workflow is
+    read, so the workflow cannot turn it into one line: counted as the traceback it is, whose
+    last line names the file (docs/studies.md says so)."""
+    proc = subprocess.run([SNAKEMAKE, "-n", "--configfile", "nope.yaml"], capture_output=True,
+                          text=True, cwd=checkout)
+    err = proc.stdout + proc.stderr
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last == "FileNotFoundError: [Errno 2] No such file or directory: 'nope.yaml'"
+    assert cli_outcome(proc.returncode, err) == "traceback"  # Snakemake's: totalled as one
