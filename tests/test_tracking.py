@@ -78,7 +78,7 @@ def test_an_evaluation_run_shows_its_row_fd_interval_and_recon(tmp_path):
     context = {"uses": ["table2/dit_xl", "fig6"], "spec": "dit",
                "recon": {"rfd": 50.9, "psnr_db": 24.9}}
     _log_evaluation(study, tmp_path / "dit-x.npz", values, names, "1000 samples vs train",
-                    {"kind": "dit", "seed": 0, "grain_run": None}, context)
+                    {"kind": "dit", "seed": 0, "run": "runs/s/dit/x", "grain_run": None}, context)
     client = MlflowClient(uri)
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("t").experiment_id])
               if r.data.tags.get("d2it.role") == "evaluation"]
@@ -88,6 +88,7 @@ def test_an_evaluation_run_shows_its_row_fd_interval_and_recon(tmp_path):
                                 "recon_rfd": 50.9, "recon_psnr_db": 24.9}
     assert run.data.params["protocol"] == "1000 samples vs train"
     assert run.data.params["kind"] == "dit" and "grain_run" not in run.data.params
+    assert run.data.tags["d2it.run"] == "runs/s/dit/x" and "d2it.grain_run" not in run.data.tags
     assert run.data.params["metric_names"].startswith("fd=fd_effnet_1k, is=is_effnet_1k")
     assert run.data.tags["d2it.uses"] == "table2/dit_xl, fig6" and run.data.tags["d2it.spec"] == "dit"
 

@@ -138,8 +138,8 @@ def _log_evaluation(study: dict, path: Path, values: dict, names: dict, protocol
     share a column in the UI; the protocol is a param. Intervals are `<metric>_lo` / `_hi`, and
     the run's DVAE's reconstruction scores are `recon_*`."""
     sampling = sampling or {}
-    keep = ("kind", "run", "grain_run", "seed", "cfg_scale", "grain_source", "sampler", "steps",
-            "at_step", "n", "params_M", "grain_params_M")
+    keep = ("kind", "seed", "cfg_scale", "grain_source", "sampler", "steps", "at_step", "n",
+            "params_M", "grain_params_M")
     metrics = {}
     for short, name in names.items():
         if isinstance(values.get(name), (int, float)):
@@ -147,12 +147,14 @@ def _log_evaluation(study: dict, path: Path, values: dict, names: dict, protocol
         if values.get(f"{name}_ci95"):
             metrics[f"{short}_lo"], metrics[f"{short}_hi"] = values[f"{name}_ci95"]
     metrics.update({f"recon_{k}": v for k, v in context.get("recon", {}).items()})
-    # settings a set does not have (a DiT set's grain run) are left out, not logged as "None":
-    # MLflow's parallel-coordinates plot then opens on axes every run has, `kind` first
+    # settings a set does not have (a DiT set's grain model) are left out, not logged as "None",
+    # and the run folders are tags: MLflow's parallel-coordinates plot opens on the first three
+    # params that differ, by name, which then include `kind`
     params = {"sample_set": path.stem, "protocol": protocol,
               "metric_names": ", ".join(f"{k}={v}" for k, v in names.items()),
               **{k: sampling[k] for k in keep if sampling.get(k) is not None}}
-    tags = {"d2it.uses": ", ".join(context.get("uses", [])), "d2it.spec": context.get("spec")}
+    tags = {"d2it.uses": ", ".join(context.get("uses", [])), "d2it.spec": context.get("spec"),
+            "d2it.run": sampling.get("run"), "d2it.grain_run": sampling.get("grain_run")}
     grid = [Path(sampling["grid"])] if sampling.get("grid") else []
     log_evaluation(study["tracking"], study["name"], _run_name(path, metrics, context), params,
                    metrics, grid, {k: v for k, v in tags.items() if v})
