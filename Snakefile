@@ -25,13 +25,13 @@ onsuccess:
     # the parent run ends with the workflow, holding what it made (tables, figures, verdicts)
     from d2it import tracking
 
-    tracking.finish(STUDY["tracking"], STUDY["name"], "FINISHED", [*PLAN.targets(), STUDY_FILE])
+    tracking.finish(STUDY["tracking"], STUDY["name"], "FINISHED", [*PLAN.targets(), CFG])
 
 
 onerror:
     from d2it import tracking
 
-    tracking.finish(STUDY["tracking"], STUDY["name"], "FAILED", [*PLAN.targets(), STUDY_FILE])
+    tracking.finish(STUDY["tracking"], STUDY["name"], "FAILED", [*PLAN.targets(), CFG])
 
 
 rule all:

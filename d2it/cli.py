@@ -176,6 +176,7 @@ def cmd_metrics(args) -> dict:
         check_writable(out)
         recon = plan.recon_of(found)
         context = {"uses": plan.uses(found), "spec": found.run.spec,
+                   "at_step": found.settings.get("at_step"),
                    "recon": _recon_scores(recon) if recon and recon.exists() else {}}
         return evaluate_samples(plan.study, [found.npz], out, [planned_record(found)], context)
     if not args.out:
@@ -248,7 +249,7 @@ def cmd_study_rehearse(args) -> None:
                         f"run's ({summary['folder']}/rehearsal.json)")
 
 
-def cmd_study_plan(args) -> list[dict] | None:
+def cmd_study_plan(args) -> list[dict] | str:
     from d2it.cost import plan_cost
     from d2it.report.plan_rows import describe
 
@@ -259,8 +260,7 @@ def cmd_study_plan(args) -> list[dict] | None:
     if args.format == "table":
         from d2it.report.plan_rows import plan_table
 
-        print(plan_table(described, plan_cost(plan)))
-        return None
+        return plan_table(described, plan_cost(plan))
     return described + [plan_cost(plan)]
 
 
@@ -459,7 +459,8 @@ def _model_commands(sub) -> None:
 def _study_commands(sub) -> None:
     """`d2it` subcommands: plan, anchor, rehearsal, keys, dvc."""
     st = sub.add_parser("study", help="studies").add_subparsers(dest="what", required=True)
-    sp = _with_config(st.add_parser("plan", help="one JSON line per table row, resolved"))
+    sp = _with_config(st.add_parser("plan", help="each table row resolved: a JSON line, or "
+                                   "a table for reading (--format table)"))
     sp.add_argument("--table", help="only this table's rows, e.g. table2")
     sp.add_argument("--format", choices=("json", "table"), default="json",
                     help="json: one line per row, every field (default); table: for reading")
@@ -614,7 +615,9 @@ def _main(argv: list[str]) -> int:
     if result is None:  # the command printed its own output
         return 0
     try:
-        if isinstance(result, list):  # one JSON object per line
+        if isinstance(result, str):  # text for reading
+            print(result)
+        elif isinstance(result, list):  # one JSON object per line
             for item in result:
                 print(json.dumps(item, default=str, ensure_ascii=False))
         else:

@@ -447,7 +447,9 @@ class Plan:
         curves = [fig for fig, sets in self.curves.items()
                   if found.name in {ss.name for ss in sets}]
         shown = [fig for fig, ss in self.figures.items() if ss.name == found.name]
-        return rows + curves + shown
+        early = self.control[1] if self.control else []  # the positive control's early sets
+        control = ["control"] if found.name in {ss.name for ss in early} else []
+        return rows + curves + shown + control
 
     @property
     def recon_csv(self) -> Path:

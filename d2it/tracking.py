@@ -109,7 +109,7 @@ def _create_store(uri: str) -> None:
         return
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    for left in path.parent.glob(f".{path.name}.*.creating"):  # what a killed creator left
+    for left in path.parent.glob(f".{path.name}.*.creating*"):  # a killed creator's, journal too
         left.unlink()
     # a name of its own: MLflow keeps an engine per URI for the life of the process
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.creating")
@@ -161,7 +161,7 @@ def set_study_status(tracking: dict, study: str, status: str, settings: dict | N
             # model training, whose view is the runs table
             client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
             client.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{VIEW}",
-                                      json.dumps(runs_view(parent)))
+                                      json.dumps(runs_view()))
             _log_settings(client, parent, settings)
         for path in artifacts:
             if Path(path).is_file():
@@ -175,13 +175,14 @@ def set_study_status(tracking: dict, study: str, status: str, settings: dict | N
                     type(e).__name__, e)
 
 
-VIEW = "d2it"  # the runs list as docs/tracking.md shows it: ...#/experiments/<id>/runs?viewStateShareKey=d2it
+# the runs list as docs/tracking.md shows it: .../#/experiments/<id>/runs?viewStateShareKey=d2it
+VIEW = "d2it"
 
 
-def runs_view(parent: str) -> dict:
+def runs_view() -> dict:
     """A view of the runs list that MLflow's UI opens from its URL (a shared view, kept as an
-    experiment tag): the study's runs unfolded, names in full, and FD with its interval, the
-    class score and the settings that tell rows apart as columns, with no column to add."""
+    experiment tag): the runs flat, grouped by role, and FD with its interval, the class score
+    and the settings that tell rows apart as columns, with no column to add."""
     metrics = ["fd", "fd_lo", "fd_hi", "class_acc", "recon_rfd"]
     params = ["kind", "seed", "cfg_scale", "grain_source", "protocol"]
     # grouped by role, the runs are listed flat (evaluations, trainings, the study) in groups
@@ -208,7 +209,8 @@ def _log_settings(client, run_id: str, settings: dict) -> None:
     new = [Param(k, v) for k, v in params.items() if k not in logged]
     for start in range(0, len(new), 100):  # MLflow takes 100 params per batch
         client.log_batch(run_id, params=new[start:start + 100])
-    client.set_tag(run_id, "d2it.commit", git_commit())
+    if not logged:  # the commit of the first settings, which the params keep
+        client.set_tag(run_id, "d2it.commit", git_commit())
 
 
 def log_evaluation(tracking: dict, study: str, run_name: str, params: dict, metrics: dict,

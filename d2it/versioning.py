@@ -8,7 +8,7 @@ What a user versions, by where it lives:
   dataset of a study that synthesises its own, the cached reference statistics and classifier;
 - in git (`cache: false`): the entropy thresholds and the published results
   (results/published/<study>/: tables, figures, verdicts, the numbers-only row metrics that
-  `dvc metrics` reads and the figure CSVs that `dvc plots` reads). Snakemake's own outputs
+  `dvc metrics` reads and the curves' series CSVs that `dvc plots` reads). Snakemake's own outputs
   (results/<study>/) are in neither: they are remade from the runs.
 Every output is `persist: true`: DVC must not delete weights or results before Snakemake runs,
 or `dvc repro` would retrain what is already there.
@@ -49,9 +49,9 @@ def results(plan) -> list[Path]:
 
 
 def plots(plan) -> list[dict]:
-    """`dvc plots` definitions of a study's curves. DVC draws one series per y column (and per
-    revision), so each curve is read from its series file, whose columns are its lines: rFD and
-    FD for Fig. 5, one model each for Fig. 6."""
+    """`dvc plots` definitions of a study's published curves. DVC draws one series per y column
+    (and per revision), so each curve is read from its series file, whose columns are its lines:
+    rFD and FD for Fig. 5, one model each for Fig. 6."""
     from d2it.study import spec_label
 
     fig6 = list(dict.fromkeys(spec_label(plan.study, spec)
@@ -61,7 +61,7 @@ def plots(plan) -> list[dict]:
         "fig5_series.csv": ("fine_ratio", ["rfd", "fd"],
                             "Fig. 5: reconstruction rFD and generation FD by fine ratio"),
         "fig6_series.csv": ("step", fig6, "Fig. 6: FD over training steps, per model")}
-    made = {path.name for path in results(plan)}
+    made = {path.name for path in results(plan) if (plan.published_dir / path.name).is_file()}
     return [{str(plan.published_dir / name): {
                 "x": x, "y": y if len(y) > 1 else y[0], "template": "linear",
                 "title": f"{title} ({plan.name})"}}
@@ -70,8 +70,8 @@ def plots(plan) -> list[dict]:
 
 def stage(config: Path) -> tuple[dict, list[dict], list[str]]:
     """The DVC stage of one study config, its plot definitions and its metrics files (top-level
-    entries: they lie inside the stage's published folder, which is its output; only for a study
-    published in this checkout, as `dvc metrics show` warns of each one that is missing)."""
+    entries: they lie inside the stage's published folder, which is its output). Metrics and
+    plots are listed only where published in this checkout, as DVC warns of each missing one."""
     resolved = studies.load(config)
     plan = studies.plan(resolved)
     data, metrics = resolved["data"], resolved["metrics"]

@@ -73,25 +73,30 @@ def models(trained, latent_cache):
 
 def pytest_terminal_summary(terminalreporter):
     """The bad-input suite's totals: what a user saw in each case (issue 25 asks for 0
-    tracebacks, 0 silently wrong results, one-line errors with exit 2, nothing left behind)."""
-    if not SEEN:
+    tracebacks, 0 silently wrong results, one-line errors with exit 2, nothing left behind).
+    A case whose test failed with no error seen (a wrong result, or a check that failed before
+    the outcome was recorded) counts as silently wrong."""
+    cases = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get(
+        "failed", []) if r.when == "call" and "bad_input" in r.keywords]
+    if not cases:
         return
-    tests = {test for test, _ in SEEN}
-    failed = [r.nodeid for r in terminalreporter.stats.get("failed", []) if r.nodeid in tests]
+    failed = {r.nodeid for r in cases if r.failed}
     leftovers = Counter(o for _, o in SEEN if "left behind" in o)
     outcomes = Counter(o for _, o in SEEN if "left behind" not in o)
+    errors = {test for test, o in SEEN if o in (ONE_LINE, INTERRUPTED, WARNED)}
     out = terminalreporter
     out.section("bad input: what a user saw")
     if out.verbosity > 0:  # -v: each case and what it saw
         for test, outcome in SEEN:
             out.write_line(f"{test.split('::', 1)[1][:60]:60s}  {outcome}")
-    out.write_line(f"{len(tests)} tests, {len(failed)} failed")
+    out.write_line(f"{len(cases)} tests, {len(failed)} failed")
     for outcome, n in outcomes.most_common():
         out.write_line(f"{n:5d}  {outcome}")
     tracebacks = sum(n for o, n in outcomes.items() if o.startswith("traceback"))
-    other = sum(n for o, n in outcomes.items() if o not in (ONE_LINE, HELD, WARNED, INTERRUPTED)) - tracebacks
+    clean = (ONE_LINE, HELD, WARNED, INTERRUPTED)
+    messy = sum(n for o, n in outcomes.items() if o not in clean) - tracebacks
     left = sum(n for o, n in leftovers.items() if o != "nothing left behind")
     checked = sum(leftovers.values())
-    silent = len([t for t in failed if (t, HELD) in SEEN])
-    out.write_line(f"tracebacks {tracebacks}, messy errors {other}, silently wrong {silent}, "
+    silent = len(failed - errors)
+    out.write_line(f"tracebacks {tracebacks}, messy errors {messy}, silently wrong {silent}, "
                    f"left behind {left} of {checked} checked")

@@ -90,7 +90,8 @@ def test_an_evaluation_run_shows_its_row_fd_interval_and_recon(tmp_path):
     assert run.data.params["kind"] == "dit" and "grain_run" not in run.data.params
     assert run.data.tags["d2it.run"] == "runs/s/dit/x" and "d2it.grain_run" not in run.data.tags
     assert run.data.params["metric_names"].startswith("fd=fd_effnet_1k, is=is_effnet_1k")
-    assert run.data.tags["d2it.uses"] == "table2/dit_xl, fig6" and run.data.tags["d2it.spec"] == "dit"
+    assert run.data.tags["d2it.uses"] == "table2/dit_xl, fig6"
+    assert run.data.tags["d2it.spec"] == "dit"
 
 
 def test_the_study_run_holds_its_settings_and_what_it_made(tmp_path, caplog):

@@ -336,7 +336,12 @@ def test_lint_is_clean():
     proc = subprocess.run([SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=REPO)
     lints = re.findall(r"^\s+\* (.+?):$", proc.stdout + proc.stderr, re.M)
     assert proc.returncode == 0 and lints == [], proc.stdout[-2000:]
-    assert (REPO / "environment.yml").is_file()
+    named = []  # the two lines after each `rule NAME:`
+    for rules in (REPO / "workflow" / "rules").glob("*.smk"):
+        lines = rules.read_text().splitlines()
+        named += [[x.strip() for x in lines[i + 1:i + 3]] for i, line in enumerate(lines)
+                  if re.match(r"\s*rule \w+:$", line)]
+    assert len(named) > 10 and all(n == ["conda:", "CONDA_ENV,"] for n in named)
 
 
 def test_multi_node_jobs_run_one_torchrun_per_node_meeting_at_the_first(checkout):

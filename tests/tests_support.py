@@ -31,8 +31,9 @@ def tiny_study(root: Path, dataset: Path, **sections) -> dict:
     return study
 
 
-# What the bad-input suite saw, (test, outcome), each observed before the test's assertions;
-# conftest.py totals them at the end of the run (`pytest -m bad_input`).
+# What the bad-input suite saw, (test, outcome): an error's outcome is recorded before the test
+# asserts on it, a result that held after its checks passed; conftest.py totals them at the end
+# of the run (`pytest -m bad_input`) and counts a failed test with no error seen as silent.
 SEEN: list[tuple[str, str]] = []
 ONE_LINE = "one line `d2it: error: ...`, exit 2"
 HELD = "held: the right result, no error"
@@ -72,7 +73,7 @@ def error_outcome(error: Exception) -> str:
 
 
 def left_behind(*paths: Path) -> list[Path]:
-    """Those of `paths` that exist after a refused command; recorded when there are any."""
+    """Those of `paths` that exist after a refused command; recorded either way."""
     found = [p for p in paths if Path(p).exists()]
     saw(f"left behind: {len(found)} path(s)" if found else "nothing left behind")
     return found

@@ -161,13 +161,17 @@ def _log_evaluation(study: dict, path: Path, values: dict, names: dict, protocol
 
 
 def _run_name(path: Path, metrics: dict, context: dict) -> str:
-    """What the runs list shows without a column clicked in: where the set is used, its spec,
-    and FD with its interval, e.g. `table2/dit_xl dit: FD 214.6 [208.9, 220.3]`."""
+    """What the runs list shows without a column clicked in: where the set is used, its spec
+    (with the training step of a snapshot's set), and FD with its interval, e.g.
+    `table2/dit_xl dit: FD 214.6 [208.9, 220.3]` or `fig6 dit@2000: FD ...`."""
     where = " ".join(context.get("uses", [])[:2]) or path.stem
     fd = f"FD {metrics['fd']:.1f}" if "fd" in metrics else "FD -"
     if "fd_lo" in metrics:
         fd += f" [{metrics['fd_lo']:.1f}, {metrics['fd_hi']:.1f}]"
-    return f"{where} {context.get('spec') or ''}: {fd}".replace(" :", ":")
+    spec = context.get("spec") or ""
+    if context.get("at_step") is not None:
+        spec += f"@{context['at_step']}"
+    return f"{where} {spec}: {fd}".replace(" :", ":")
 
 
 def _metric_names(extractor, n: int, values: dict) -> dict:

@@ -29,8 +29,10 @@ def _sample_metrics(ss) -> dict:
     score with its Wilson interval, of one sample set."""
     found = _metrics(ss.metrics, ss.name)
     keys = found["keys"]
+    reference = found["reference"]  # a split of the study's data, or an ADM batch (no split)
     out = {"fd_key": keys["fd"], "fd": found[keys["fd"]], "protocol": found["protocol"],
-           "reference_split": found["reference"]["split"]}
+           "reference": (f"the {reference['split']} split" if reference.get("split")
+                         else Path(reference["file"]).name)}
     out["fd_lo"], out["fd_hi"] = found.get(f"{keys['fd']}_ci95") or (np.nan, np.nan)
     if "class_acc" in keys:
         out["class_acc"] = found["class_acc"]
@@ -39,26 +41,28 @@ def _sample_metrics(ss) -> dict:
 
 
 def _lines(ax, table: pd.DataFrame, x: str, metric: str, hue: str | None = None) -> str:
-    """One line per `hue` value with a 95 % band: the interval of the mean over seeds where a
-    point has several, else the one set's own interval (`<metric>_lo` / `_hi`). Returns what the
-    bands are, for the legend."""
+    """One line per `hue` value with a 95 % band: at each point, the interval of the mean over
+    seeds where it has several, else its one set's own interval (`<metric>_lo` / `_hi`).
+    Returns what the bands are, for the caption."""
     from d2it.report.stats import mean_interval
 
-    groups = table.groupby(hue, sort=False) if hue else [(None, table)]
-    several = table.groupby([hue, x] if hue else [x])["seed"].nunique().max() > 1
-    for (label, part), color in zip(groups, sns.color_palette()):
+    groups = list(table.groupby(hue, sort=False)) if hue else [(None, table)]
+    several = False
+    for (label, part), color in zip(groups, sns.color_palette(n_colors=len(groups))):
         points = []
         for at, seeds in part.groupby(x):
-            if several:
+            if len(seeds) > 1:
                 mean, _, interval = mean_interval(seeds[metric].tolist())
-                low, high = interval or (np.nan, np.nan)
+                low, high = interval
+                several = True
             else:
                 mean, low, high = seeds[[metric, f"{metric}_lo", f"{metric}_hi"]].iloc[0]
             points.append((at, mean, low, high))
         at, mean, low, high = (np.array(v, dtype=float) for v in zip(*points))
         ax.plot(at, mean, marker="o", color=color, label=label)
         ax.fill_between(at, low, high, color=color, alpha=0.2, linewidth=0)
-    return ("band: 95 % interval over seeds" if several
+    return ("band: 95 % interval over seeds (of the one set where a point has one seed)"
+            if several
             else "band: 95 % interval of the one set (bootstrap FD, Wilson class score)")
 
 
@@ -107,8 +111,9 @@ def series_csv(png: Path) -> Path:
 
 
 def _protocol(table: pd.DataFrame) -> str:
-    """The FD protocol in a title's words: e.g. `fd_effnet_1k vs the train split`."""
-    return f"{table['fd_key'].iloc[0]} vs the {table['reference_split'].iloc[0]} split"
+    """The FD protocol in a title's words: e.g. `fd_effnet_1k vs the train split`, or
+    `fid50k vs VIRTUAL_imagenet256_labeled.npz`."""
+    return f"{table['fd_key'].iloc[0]} vs {table['reference'].iloc[0]}"
 
 
 def fig6(plan, png: Path) -> dict:
@@ -145,8 +150,8 @@ def fig5(plan, png: Path) -> dict:
     generation.set_ylabel(f"FD ({table['fd_key'].iloc[0]}, lower is better)")
     generation.set_title("generation")
     generation.legend(loc="best")
-    fig.supxlabel(f"reconstruction: one DVAE per ratio and seed; generation {bands}",
-                  fontsize=8)
+    fig.supxlabel(f"reconstruction: each ratio's DVAE (no interval measured); generation "
+                  f"{bands}", fontsize=8)
     for ax in (recon, generation):
         ax.set_xlabel("fine-grain ratio of the DVAE")
     fig.suptitle(marks.title(plan.study["mark"], f"Fig. 5: fine-grain ratio sweep, study "

@@ -61,7 +61,7 @@ def samples_figure(samples: Path, out: Path, by_class: bool, columns: int = 8,
                    mark: str | None = None) -> dict:
     """Figs. 3 and 4 from a `d2it sample` .npz: samples beside their grain maps (D²iT) or
     alone (DiT, which has no grain map), four rows or (by_class) one row per class named on the
-    left, with a title and a legend of the overlay colours."""
+    left, with a title and a legend of the grain maps' colours."""
     import matplotlib
 
     matplotlib.use("Agg")

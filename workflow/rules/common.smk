@@ -63,8 +63,8 @@ PLAN = studies.plan(STUDY)
 RUNS = str(PLAN.runs_dir)
 RESULTS = str(PLAN.results_dir)
 LOGS = f"logs/{PLAN.name}"
-# Every rule runs the one `d2it` package of the one environment; `--sdm conda` builds it from
-# this file (the pip pins), and `snakemake --lint` asks each rule to name it.
+# Every rule runs the one `d2it` package of the one environment, installed once per machine;
+# each names environment.yml (the same pins), which `snakemake --lint` asks of every rule.
 CONDA_ENV = "../../environment.yml"
 
 
@@ -156,13 +156,12 @@ def table_inputs(wildcards) -> list:
 
 
 def metrics_inputs(wildcards) -> dict:
-    """The samples and their record; the reconstruction scores of their DVAE too, where the study
-    evaluates it, so that MLflow shows them beside the set's metrics."""
+    """The samples, their record and what they are scored against. (The DVAE's reconstruction
+    scores, which MLflow shows beside them when made, are no input: an `eval_recon` rerun must
+    not redo every FD job.)"""
     found = PLAN.sample_sets[wildcards.name]
-    recon = PLAN.recon_of(found)
     reference = STUDY["metrics"]["reference"]  # an ADM batch (a file), or a split of the data
     return {"samples": found.npz, "record": found.record, "manifest": STUDY["data"]["manifest"],
-            **({"recon": recon} if recon else {}),
             **({"reference": reference} if reference.endswith(".npz") else {})}
 
 

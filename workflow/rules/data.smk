@@ -15,16 +15,18 @@ if STUDY["data"]["synth"] is not None:
         shell:
             "d2it data synth --config {params.config} > {log} 2>&1"
 
-else:
-    # Data only the user can bring. Its rule lets `snakemake -n` preview the whole study before
-    # the data is on disk; run for real, its job stops the workflow at once with one line naming
-    # the command that prepares it.
+elif not Path(STUDY["data"]["manifest"]).exists():
+    # Data only the user can bring. While it is missing, this rule lets `snakemake -n` preview
+    # the whole study; run for real, its job stops the workflow at once with one line naming the
+    # command that prepares it. Defined only then: Snakemake removes a job's outputs before it
+    # runs it (`-F`), and the user's manifest must never be one.
     localrules:
         prepare_data,
 
     rule prepare_data:
         conda:
             CONDA_ENV,
+        retries: 0
         output:
             STUDY["data"]["manifest"],
         params:
@@ -36,13 +38,15 @@ else:
             "printf '%s\\n' {params.message:q} >&2; exit 2"
 
 
-if STUDY["metrics"]["reference"].endswith(".npz"):
+if STUDY["metrics"]["reference"].endswith(".npz") and not Path(
+        STUDY["metrics"]["reference"]).exists():
     localrules:
         reference_batch,
 
     rule reference_batch:
         conda:
             CONDA_ENV,
+        retries: 0
         output:
             STUDY["metrics"]["reference"],
         params:
