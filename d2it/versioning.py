@@ -56,16 +56,20 @@ def plots(plan) -> list[dict]:
 
     fig6 = list(dict.fromkeys(spec_label(plan.study, spec)
                               for spec in plan.curve_specs.get("fig6", [])))
+    ratio = "fine-grain ratio of the DVAE"
+    fd = "Fréchet distance (lower is better)"
     wanted = {
-        "dvae_recon.csv": ("fine_ratio", ["psnr_db"], "DVAE held-out PSNR by fine ratio"),
-        "fig5_series.csv": ("fine_ratio", ["rfd", "fd"],
+        "dvae_recon.csv": ("fine_ratio", ["psnr_db"], ratio, "held-out PSNR (dB)",
+                           "DVAE held-out PSNR by fine ratio"),
+        "fig5_series.csv": ("fine_ratio", ["rfd", "fd"], ratio, fd,
                             "Fig. 5: reconstruction rFD and generation FD by fine ratio"),
-        "fig6_series.csv": ("step", fig6, "Fig. 6: FD over training steps, per model")}
+        "fig6_series.csv": ("step", fig6, "training steps", fd,
+                            "Fig. 6: FD over training steps, per model")}
     made = {path.name for path in results(plan) if (plan.published_dir / path.name).is_file()}
     return [{str(plan.published_dir / name): {
-                "x": x, "y": y if len(y) > 1 else y[0], "template": "linear",
-                "title": f"{title} ({plan.name})"}}
-            for name, (x, y, title) in wanted.items() if name in made]
+                "x": x, "y": y if len(y) > 1 else y[0], "x_label": x_label, "y_label": y_label,
+                "template": "linear", "title": f"{title} ({plan.name})"}}
+            for name, (x, y, x_label, y_label, title) in wanted.items() if name in made]
 
 
 def stage(config: Path) -> tuple[dict, list[dict], list[str]]:
