@@ -187,9 +187,10 @@ def cmd_metrics(args) -> dict:
 
 def _recon_scores(path: Path) -> dict:
     """rFD and PSNR from a DVAE's reconstruction JSON (`d2it eval recon`), by protocol-free name."""
+    from d2it.report.recon import rfd_key
+
     found = read_json(path, "reconstruction scores", "remake them with `d2it eval recon`")
-    rfd = [k for k in found if k.startswith(("rfd", "rfid"))]
-    return {"rfd": found[rfd[0]], "psnr_db": found["psnr"]} if rfd else {"psnr_db": found["psnr"]}
+    return {"rfd": found[rfd_key(found)], "psnr_db": found["psnr"]}
 
 
 def _dvae_dir(args, plan) -> Path:
@@ -305,9 +306,8 @@ def cmd_report_verdict(args) -> dict:
 
 
 def cmd_report_publish(args) -> dict:
-    from d2it.report.publish import publish
-
     from d2it.files import write_json_atomic
+    from d2it.report.publish import publish
 
     plan = _plan(args)
     result = publish(plan, Path(args.to) if args.to else plan.published_dir.parent)

@@ -195,7 +195,8 @@ def evaluate_samples(study: dict, samples: list[Path], out: Path,
     """Metrics of one sample set, or of several (e.g. one per seed): then each set's values and, per
     metric, their mean and standard deviation across sets. `records` are the sets' sampling
     records (settings, provenance, measured fine fraction; `d2it sample` writes one), None where
-    a set has none; `context` says where the plan uses the set, for MLflow (`Plan.context`)."""
+    a set has none; `context` (from `d2it metrics --sample-set`: where the plan uses the set, its
+    spec, its DVAE's scores) names the set's MLflow run."""
     records = records or [None] * len(samples)
     settings = study["metrics"]
     missing = [str(p) for p in samples if not Path(p).exists()]

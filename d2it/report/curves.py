@@ -16,6 +16,7 @@ import seaborn as sns  # noqa: E402
 from d2it.errors import D2itError  # noqa: E402
 from d2it.files import atomic, read_json, write_text_atomic  # noqa: E402
 from d2it.report import marks  # noqa: E402
+from d2it.report.recon import rfd_key  # noqa: E402
 
 
 def _metrics(path: Path, what: str) -> dict:
@@ -83,9 +84,9 @@ def fig5_table(plan) -> pd.DataFrame:
     for ss in plan.curves["fig5"]:
         dvae = plan.dvae_of(ss.run)
         recon = _metrics(plan.recon_json(dvae), f"the DVAE of {ss.name}")
-        rfd_key = next(k for k in recon if k.startswith(("rfd_", "rfid")))
+        key = rfd_key(recon)
         rows.append({"fine_ratio": ss.run.fine_ratio, "seed": ss.run.seed,
-                     "rfd_key": rfd_key, "rfd": recon[rfd_key], "psnr_db": recon["psnr"],
+                     "rfd_key": key, "rfd": recon[key], "psnr_db": recon["psnr"],
                      "sample_set": ss.name, **_sample_metrics(ss)})
     return pd.DataFrame(rows).sort_values(["fine_ratio", "seed"]).reset_index(drop=True)
 
@@ -110,7 +111,7 @@ def series_csv(png: Path) -> Path:
     return Path(png).with_name(f"{Path(png).stem}_series.csv")
 
 
-def _protocol(table: pd.DataFrame) -> str:
+def _fd_against(table: pd.DataFrame) -> str:
     """The FD protocol in a title's words: e.g. `fd_effnet_1k vs the train split`, or
     `fid50k vs VIRTUAL_imagenet256_labeled.npz`."""
     return f"{table['fd_key'].iloc[0]} vs {table['reference'].iloc[0]}"
@@ -131,7 +132,7 @@ def fig6(plan, png: Path) -> dict:
         ax.legend(title="model", loc="best")
     fig.supxlabel(bands, fontsize=8)
     fig.suptitle(marks.title(plan.study["mark"], f"Fig. 6: convergence, study {plan.name} "
-                             f"({_protocol(table)})"))
+                             f"({_fd_against(table)})"))
     series = table.pivot_table(index="step", columns="model", values="fd", sort=False)
     return _save(fig, table, png, plan.study["mark"], series)
 
@@ -155,7 +156,7 @@ def fig5(plan, png: Path) -> dict:
     for ax in (recon, generation):
         ax.set_xlabel("fine-grain ratio of the DVAE")
     fig.suptitle(marks.title(plan.study["mark"], f"Fig. 5: fine-grain ratio sweep, study "
-                             f"{plan.name} ({_protocol(table)})"))
+                             f"{plan.name} ({_fd_against(table)})"))
     series = table.groupby("fine_ratio")[["rfd", "fd"]].mean()
     return _save(fig, table, png, plan.study["mark"], series)
 

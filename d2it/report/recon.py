@@ -10,6 +10,12 @@ from d2it.errors import D2itError
 from d2it.report.marks import note
 
 
+def rfd_key(scores: dict) -> str:
+    """The name of the rFD in a `d2it eval recon` JSON: `rfd_<extractor>_<n>`, or `rfid<n>`
+    under a paper protocol (metrics.extractors.metric_key)."""
+    return next(k for k in scores if k.startswith(("rfd_", "rfid")))
+
+
 def recon_table(metric_files: list[Path]) -> pd.DataFrame:
     """One row per `d2it eval recon` JSON, joined with its run's summary (training minutes)."""
     rows = []
@@ -21,7 +27,7 @@ def recon_table(metric_files: list[Path]) -> pd.DataFrame:
         summary = json.loads((run / "summary.json").read_text())
         rows.append({"fine_ratio": metrics["fine_ratio"], "seed": metrics["seed"],
                      "fine_fraction_heldout": metrics["fine_fraction"], "psnr_db": metrics["psnr"],
-                     **{k: v for k, v in metrics.items() if k.startswith(("rfd_", "rfid"))},
+                     rfd_key(metrics): metrics[rfd_key(metrics)],
                      "train_steps": summary["steps"], "train_minutes": summary["minutes"],
                      "protocol": metrics["protocol"]})
         if metrics.get("mark"):
