@@ -222,3 +222,30 @@ def test_publish_copies_a_finished_study_and_refuses_an_unfinished_one(tmp_path)
     with pytest.raises(D2itError, match="not finished: .*verdict.md is missing"):
         publish(plan, to)
     assert {p: p.read_bytes() for p in (to / "tiny").rglob("*") if p.is_file()} == before
+
+
+def test_publish_keeps_what_was_made_outside_the_workflow(tmp_path):
+    """A fresh clone's run has no bench or learnability files: publishing it keeps the last
+    published ones (and lists them), while a results folder that has them replaces them."""
+    from d2it.files import sha256_file
+    from d2it.report.publish import publish
+
+    plan = studies.plan(studies.resolve(tiny_study(tmp_path, tmp_path / "m.json"), "tiny"))
+    for target in plan.targets():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("made\n")
+    to = tmp_path / "published"
+    old = to / "tiny"
+    (old / "learnability").mkdir(parents=True)
+    (old / "learnability" / "sweep.csv").write_text("old sweep\n")
+    (old / "bench.json").write_text("{\"old\": 1}\n")
+    (old / "table9.csv").write_text("a stale table\n")  # made by the workflow once: not kept
+    (plan.results_dir / "bench.json").write_text("{\"new\": 1}\n")
+    publish(plan, to)
+    manifest = json.loads((old / "PUBLISHED.json").read_text())
+    assert (old / "learnability" / "sweep.csv").read_text() == "old sweep\n"
+    assert (old / "bench.json").read_text() == "{\"new\": 1}\n"
+    assert not (old / "table9.csv").exists()
+    assert manifest["files"]["learnability/sweep.csv"] == sha256_file(old / "learnability"
+                                                                      / "sweep.csv")
+    assert "bench.json" in manifest["files"]

@@ -19,6 +19,9 @@ MANIFEST = "PUBLISHED.json"
 # Written beside the targets by their jobs (or by `d2it bench`, benchmarks/learnability.py).
 BESIDE = ("*.csv", "*.png", "*.md", "*.json", "metrics/**/*.json", "rows/**/*.json",
           "samples/*.png", "learnability/**/*")
+# Made by commands outside the workflow: a fresh clone's run has none, so the last published
+# copy is kept unless this results folder holds a newer one.
+OUTSIDE_WORKFLOW = ("bench.json", "bench.md", "learnability/**/*")
 NOT_PUBLISHED = ("published.json",)  # the record of the last publish, under results/<study>/
 
 
@@ -42,16 +45,19 @@ def publish(plan, to: Path) -> dict:
     target = Path(to) / plan.name
     if target.resolve() == source.resolve() or source.resolve() in target.resolve().parents:
         raise D2itError(f"{target}: the published copy cannot be inside the results it copies")
-    files = published_files(plan)
+    files = {p.relative_to(source).as_posix(): p for p in published_files(plan)}
+    for pattern in OUTSIDE_WORKFLOW:
+        for kept in target.glob(pattern):
+            files.setdefault(kept.relative_to(target).as_posix(), kept)
     staging = target.with_name(f".{target.name}.publishing")
     shutil.rmtree(staging, ignore_errors=True)
-    for path in files:
-        copy = staging / path.relative_to(source)
+    for name, path in files.items():
+        copy = staging / name
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, copy)
     manifest = {"study": plan.name, "mark": plan.study["mark"], "source": str(source),
                 "git_commit": git_commit(),
-                "files": {p.relative_to(source).as_posix(): sha256_file(p) for p in files}}
+                "files": {name: sha256_file(path) for name, path in sorted(files.items())}}
     write_json_atomic(staging / MANIFEST, manifest)
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
