@@ -47,7 +47,7 @@ def publish(plan, to: Path) -> dict:
         raise D2itError(f"{target}: the published copy cannot be inside the results it copies")
     files = {p.relative_to(source).as_posix(): p for p in published_files(plan)}
     for pattern in OUTSIDE_WORKFLOW:
-        for kept in target.glob(pattern):
+        for kept in filter(Path.is_file, target.glob(pattern)):
             files.setdefault(kept.relative_to(target).as_posix(), kept)
     staging = target.with_name(f".{target.name}.publishing")
     shutil.rmtree(staging, ignore_errors=True)
